@@ -1,0 +1,335 @@
+//! Running `mesh-agent` in a node's netns: config file, readiness, HTTP endpoints, reload,
+//! and a teardown that kills it by pid and runs `mesh-agent cleanup`.
+
+use crate::http::{self, Response};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::pod::Pod;
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "127.0.0.1:15000";
+pub const METRICS: &str = "127.0.0.1:15020";
+pub const READINESS: &str = "127.0.0.1:15021";
+
+/// The agent's YAML config (camelCase keys), as the agent's interface defines it.
+#[derive(Serialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    pub node: String,
+    pub cgroup_root: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpffs_root: Option<PathBuf>,
+    pub admin_address: String,
+    pub metrics_address: String,
+    pub readiness_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
+    pub workloads: Vec<Workload>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfig {
+    pub connect_timeout: String,
+    pub idle_timeout: String,
+}
+
+#[derive(Serialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub ips: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    pub enrolled: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude_ports: Vec<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude_cidrs: Vec<String>,
+}
+
+impl Workload {
+    /// An enrolled (captured) pod, named after the pod, namespace `default`.
+    pub fn enrolled(pod: &Pod) -> Workload {
+        Workload {
+            name: pod.name().to_string(),
+            namespace: "default".into(),
+            service_account: "default".into(),
+            ips: vec![pod.ip().to_string(), pod.ip6().to_string()],
+            netns: Some(pod.netns_path()),
+            cgroup: Some(pod.cgroup().to_path_buf()),
+            enrolled: true,
+            exclude_ports: Vec::new(),
+            exclude_cidrs: Vec::new(),
+        }
+    }
+
+    /// A known but not captured pod (gives destinations a workload name).
+    pub fn known(pod: &Pod) -> Workload {
+        Workload {
+            enrolled: false,
+            netns: None,
+            cgroup: None,
+            ..Workload::enrolled(pod)
+        }
+    }
+
+    pub fn exclude_ports(mut self, ports: &[u16]) -> Workload {
+        self.exclude_ports = ports.to_vec();
+        self
+    }
+}
+
+impl AgentConfig {
+    /// Defaults for `node`: its name, its cgroup subtree, standard ports, no workloads.
+    pub fn new(node: &Node) -> AgentConfig {
+        AgentConfig {
+            node: node.name().to_string(),
+            cgroup_root: node.cgroup_root().to_path_buf(),
+            bpffs_root: None,
+            admin_address: ADMIN.into(),
+            metrics_address: "0.0.0.0:15020".into(),
+            readiness_address: "0.0.0.0:15021".into(),
+            proxy: Some(ProxyConfig {
+                connect_timeout: "5s".into(),
+                idle_timeout: "1h".into(),
+            }),
+            workloads: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, w: Workload) -> AgentConfig {
+        self.workloads.push(w);
+        self
+    }
+
+    /// Drops the workload called `name`.
+    pub fn without(mut self, name: &str) -> AgentConfig {
+        self.workloads.retain(|w| w.name != name);
+        self
+    }
+
+    /// Where this node's pins live: `<bpffsRoot>/<node>`.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/sluice"))
+            .join(&self.node)
+    }
+}
+
+/// A running agent; borrowing the node makes it drop (and clean up) before the pods go.
+pub struct Agent<'n> {
+    node: &'n Node,
+    bin: PathBuf,
+    config: AgentConfig,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl<'n> Agent<'n> {
+    /// Writes the config, starts `mesh-agent run` in the node netns and waits until ready.
+    pub fn start(node: &'n Node, config: AgentConfig) -> Result<Agent<'n>> {
+        let bin = crate::agent_bin()?;
+        let config_path = node.workdir().join("agent.yaml");
+        let log_path = node.workdir().join("agent.log");
+        write_config(&config_path, &config)?;
+        let log = File::options().create(true).append(true).open(&log_path)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run").arg("--config").arg(&config_path);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        crate::pod::enter(&mut cmd, File::open(node.netns_path())?, None);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut agent = Agent {
+            node,
+            bin,
+            config,
+            config_path,
+            log_path,
+            child: Some(child),
+        };
+        agent.wait_ready(Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The last `n` log lines, for error messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Polls `/healthz/ready` until 200; fails early (with the log) if the agent exits.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "agent exited ({status}) before ready; log:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            let last = match self.get(READINESS, "/healthz/ready") {
+                Ok(r) if r.status == 200 => return Ok(()),
+                Ok(r) => format!("status {}: {}", r.status, r.body.trim()),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "agent not ready within {timeout:?} (last: {last}); log:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `GET http://<addr><path>` from inside the node netns.
+    pub fn get(&self, addr: &str, path: &str) -> Result<Response> {
+        let addr: SocketAddr = addr.parse()?;
+        http::get(&self.node.netns_path(), addr, path, Duration::from_secs(5))
+    }
+
+    /// GET that must answer 200.
+    pub fn get_ok(&self, addr: &str, path: &str) -> Result<String> {
+        let r = self.get(addr, path)?;
+        ensure!(
+            r.status == 200,
+            "GET {addr}{path}: status {}: {}",
+            r.status,
+            r.body
+        );
+        Ok(r.body)
+    }
+
+    pub fn metrics(&self) -> Result<Metrics> {
+        Ok(Metrics::parse(&self.get_ok(METRICS, "/metrics")?))
+    }
+
+    pub fn debug_ebpf(&self) -> Result<serde_json::Value> {
+        let body = self.get_ok(ADMIN, "/debug/ebpf")?;
+        serde_json::from_str(&body).with_context(|| format!("/debug/ebpf is not JSON: {body}"))
+    }
+
+    pub fn config_dump(&self) -> Result<serde_json::Value> {
+        let body = self.get_ok(ADMIN, "/config_dump")?;
+        serde_json::from_str(&body).with_context(|| format!("/config_dump is not JSON: {body}"))
+    }
+
+    /// The eBPF counters from `/debug/ebpf`.
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
+        let v = self.debug_ebpf()?;
+        let obj = v
+            .get("counters")
+            .and_then(|c| c.as_object())
+            .with_context(|| format!("no counters in {v}"))?;
+        Ok(obj
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+            .collect())
+    }
+
+    /// One eBPF counter; a missing name is an error (a typo must not read as zero).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let all = self.counters()?;
+        all.get(name)
+            .copied()
+            .with_context(|| format!("no counter {name:?} in {all:?}"))
+    }
+
+    /// Replaces the config file atomically (write + rename), as a ConfigMap update does.
+    pub fn reload(&mut self, config: AgentConfig) -> Result<()> {
+        write_config(&self.config_path, &config)?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Kills the agent by pid (SIGKILL, as a crash would), then runs `mesh-agent cleanup`.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.cleanup()
+    }
+
+    /// `mesh-agent cleanup --config <file>` in the node netns; fails with its output.
+    pub fn cleanup(&self) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("cleanup").arg("--config").arg(&self.config_path);
+        crate::pod::enter(&mut cmd, File::open(self.node.netns_path())?, None);
+        let out = cmd.output().context("running mesh-agent cleanup")?;
+        ensure!(
+            out.status.success(),
+            "mesh-agent cleanup failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- agent log ({}) ---\n{}\n---",
+                self.node.name(),
+                self.log_tail(80)
+            );
+        }
+        if self.child.is_some()
+            && let Err(e) = self.stop()
+        {
+            eprintln!("sluice-tests: agent teardown: {e:#}");
+        }
+    }
+}
+
+fn write_config(path: &Path, config: &AgentConfig) -> Result<()> {
+    let text = serde_yaml_ng::to_string(config)?;
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+}

@@ -1,0 +1,2 @@
+//! Demo (being written).
+fn main() {}

@@ -1,0 +1,273 @@
+//! `sluice-testapp`: the application the tests run inside pods.
+//!
+//! `serve --port P [--ipv6] [--bind ADDR] [--id NAME]` prints `READY <addr>` once listening
+//! and `CONN peer=<a> local=<b>` per accepted connection, and answers the protocol in
+//! `tests::wire`. `dial ADDR [--bytes N] [--recv-bytes M] [--count C] [--concurrency K]
+//! [--barrier] [--timeout-ms T]` prints one JSON line (`tests::wire::DialReport`) and exits 0
+//! whatever the connections did: judging them is the test's job.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+use tests::wire::{ConnResult, DialReport, Fnv, pattern};
+
+const CHUNK: usize = 64 * 1024;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("dial") => dial(&args[1..]),
+        _ => Err("usage: sluice-testapp serve --port P | dial ADDR [options]".to_string()),
+    };
+    if let Err(e) = res {
+        eprintln!("sluice-testapp: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `--name value` lookup; flags without a value are found with [`flag`].
+fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn flag(args: &[String], name: &str) -> bool {
+    args.iter().any(|a| a == name)
+}
+
+fn num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
+    match opt(args, name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| format!("bad value for {name}: {v}")),
+    }
+}
+
+fn serve(args: &[String]) -> Result<(), String> {
+    let port: u16 = num(args, "--port", 0)?;
+    let id = opt(args, "--id").unwrap_or("server").to_string();
+    let bind = match opt(args, "--bind") {
+        Some(b) => b.to_string(),
+        None if flag(args, "--ipv6") => format!("[::]:{port}"),
+        None => format!("0.0.0.0:{port}"),
+    };
+    let listener = TcpListener::bind(&bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("READY {local}");
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                continue;
+            }
+        };
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|e| format!("?{e}"));
+        let local = stream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        println!("CONN peer={peer} local={local}");
+        let id = id.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = answer(&stream, &id, &peer) {
+                eprintln!("connection from {peer}: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Serves one connection of the `wire` protocol.
+fn answer(stream: &TcpStream, id: &str, peer: &str) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.by_ref().take(256).read_line(&mut line)?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad request {line:?}"));
+    let mut parts = line.split_whitespace();
+    if parts.next() != Some("REQ") {
+        return Err(bad());
+    }
+    let n: u64 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let m: u64 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let mut sum = Fnv::default();
+    let mut left = n;
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let want = left.min(CHUNK as u64) as usize;
+        let got = reader.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        sum.update(&buf[..got]);
+        left -= got as u64;
+    }
+    let mut w = stream;
+    w.write_all(format!("RESP id={id} peer={peer} sum={:016x} n={m}\n", sum.0).as_bytes())?;
+    send_pattern(w, m, &mut Fnv::default())?;
+    stream.shutdown(Shutdown::Write)?;
+    // Drain until the client closes so our close never turns into a reset.
+    let _ = io::copy(&mut reader, &mut io::sink());
+    Ok(())
+}
+
+fn send_pattern(mut w: &TcpStream, n: u64, sum: &mut Fnv) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    while off < n {
+        let len = (n - off).min(CHUNK as u64) as usize;
+        for (i, b) in buf[..len].iter_mut().enumerate() {
+            *b = pattern(off + i as u64);
+        }
+        w.write_all(&buf[..len])?;
+        sum.update(&buf[..len]);
+        off += len as u64;
+    }
+    Ok(off)
+}
+
+struct DialSpec {
+    target: SocketAddr,
+    send: u64,
+    recv: u64,
+    timeout: Duration,
+}
+
+fn dial(args: &[String]) -> Result<(), String> {
+    let target_s = args.first().ok_or("dial needs an address")?;
+    let target: SocketAddr = target_s
+        .parse()
+        .map_err(|_| format!("bad address {target_s}"))?;
+    let send: u64 = num(args, "--bytes", 1024)?;
+    let spec = Arc::new(DialSpec {
+        target,
+        send,
+        recv: num(args, "--recv-bytes", send)?,
+        timeout: Duration::from_millis(num(args, "--timeout-ms", 5000)?),
+    });
+    let count: usize = num(args, "--count", 1)?;
+    let barrier = flag(args, "--barrier");
+    // With --barrier every connection is open at the same time before any data flows.
+    let workers = if barrier {
+        count
+    } else {
+        num::<usize>(args, "--concurrency", 1)?.clamp(1, count.max(1))
+    };
+    let gate = barrier.then(|| Arc::new(Barrier::new(count)));
+    let next = Arc::new(AtomicUsize::new(0));
+    let results = Arc::new(Mutex::new(vec![ConnResult::default(); count]));
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (spec, gate, next, results) =
+                (spec.clone(), gate.clone(), next.clone(), results.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let r = one(&spec, gate.as_deref());
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = r;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "dial worker panicked")?;
+    }
+    let results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+    let line = serde_json::to_string(&DialReport { results }).map_err(|e| e.to_string())?;
+    println!("{line}");
+    Ok(())
+}
+
+/// One connection: connect, (barrier), exchange, classify.
+fn one(spec: &DialSpec, gate: Option<&Barrier>) -> ConnResult {
+    let start = Instant::now();
+    let mut r = ConnResult {
+        target: spec.target.to_string(),
+        ..Default::default()
+    };
+    let conn = TcpStream::connect_timeout(&spec.target, spec.timeout);
+    if let Ok(s) = &conn {
+        r.peer = s.peer_addr().ok().map(|a| a.to_string());
+        r.local = s.local_addr().ok().map(|a| a.to_string());
+    }
+    if let Some(g) = gate {
+        g.wait();
+    }
+    let outcome = conn.and_then(|s| exchange(&s, spec, &mut r));
+    match outcome {
+        Ok(()) => r.result = "ok".into(),
+        Err(e) => {
+            r.result = classify(&e).into();
+            r.error = Some(e.to_string());
+        }
+    }
+    r.elapsed_ms = start.elapsed().as_millis() as u64;
+    r
+}
+
+fn exchange(s: &TcpStream, spec: &DialSpec, r: &mut ConnResult) -> io::Result<()> {
+    s.set_read_timeout(Some(spec.timeout))?;
+    s.set_write_timeout(Some(spec.timeout))?;
+    let mut w = s;
+    w.write_all(format!("REQ {} {}\n", spec.send, spec.recv).as_bytes())?;
+    let mut sent_sum = Fnv::default();
+    r.sent = send_pattern(s, spec.send, &mut sent_sum)?;
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.by_ref().take(512).read_line(&mut line)?;
+    if !line.ends_with('\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("closed before reply ({line:?})"),
+        ));
+    }
+    for kv in line.split_whitespace().skip(1) {
+        match kv.split_once('=') {
+            Some(("id", v)) => r.server_id = Some(v.to_string()),
+            Some(("peer", v)) => r.server_saw = Some(v.to_string()),
+            Some(("sum", v)) => r.sent_ok = v == format!("{:016x}", sent_sum.0),
+            _ => {}
+        }
+    }
+    let mut buf = vec![0u8; CHUNK];
+    let mut in_pattern = true;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            in_pattern &= *b == pattern(r.received + i as u64);
+        }
+        r.received += n as u64;
+    }
+    r.recv_ok = in_pattern && r.received == spec.recv;
+    Ok(())
+}
+
+fn classify(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ECONNRESET) => return "reset",
+        Some(libc::ECONNREFUSED) => return "refused",
+        Some(libc::EPIPE) => return "broken_pipe",
+        Some(libc::ETIMEDOUT) | Some(libc::EAGAIN) => return "timeout",
+        _ => {}
+    }
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout",
+        io::ErrorKind::UnexpectedEof => "eof",
+        _ => "error",
+    }
+}

@@ -1,0 +1,179 @@
+//! A node: a netns with a bridge (where the agent runs), a cgroup subtree for its pods, and
+//! a work directory for the agent's config and log.
+
+use crate::cgroup;
+use crate::netns::NetNs;
+use crate::pod::{Pod, PodInner};
+use crate::proc::lock;
+use anyhow::{Context, Result, ensure};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Owns every pod it made; dropping it tears all of them down, even during a panic.
+pub struct Node {
+    prefix: String,
+    netns: NetNs,
+    subnet: u8,
+    cgroup_root: PathBuf,
+    workdir: PathBuf,
+    testapp: PathBuf,
+    pods: Mutex<Vec<Arc<PodInner>>>,
+    next_host: AtomicU8,
+}
+
+impl Node {
+    /// Makes the node netns (bridge `br0`, 10.77.S.1/24), its cgroup subtree
+    /// `<cgroup2>/sluice-test-<prefix>/` and work directory `/tmp/sluice-test-<prefix>/`.
+    pub fn new() -> Result<Node> {
+        crate::sweep::sweep_stale_once();
+        static SUBNET: AtomicUsize = AtomicUsize::new(0);
+        let testapp = crate::testapp_bin()?;
+        let prefix = crate::unique_prefix();
+        let cg2 = cgroup::cgroup2_mount()?;
+        let node = Node {
+            netns: NetNs::create(&format!("{prefix}-node"))?,
+            subnet: (SUBNET.fetch_add(1, Ordering::Relaxed) % 250) as u8,
+            cgroup_root: cg2.join(format!("sluice-test-{prefix}")),
+            workdir: std::env::temp_dir().join(format!("sluice-test-{prefix}")),
+            testapp,
+            pods: Mutex::new(Vec::new()),
+            next_host: AtomicU8::new(2),
+            prefix,
+        };
+        // From here on, Drop cleans up whatever exists if a step fails.
+        std::fs::create_dir_all(&node.cgroup_root)
+            .with_context(|| format!("mkdir {}", node.cgroup_root.display()))?;
+        std::fs::create_dir_all(&node.workdir)?;
+        let gw = format!("{}/24", node.gateway());
+        let gw6 = format!("{}/64", node.gateway6());
+        node.netns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        node.netns.ip(&["addr", "add", &gw, "dev", "br0"])?;
+        node.netns
+            .ip(&["addr", "add", &gw6, "dev", "br0", "nodad"])?;
+        node.netns.ip(&["link", "set", "br0", "up"])?;
+        Ok(node)
+    }
+
+    /// The unique prefix; also used as the agent's node name (pins live under it).
+    pub fn name(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        self.netns.path()
+    }
+
+    /// `<cgroup2>/sluice-test-<prefix>`: the agent's `cgroupRoot`.
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, 1)
+    }
+
+    pub fn gateway6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd77, 0, 0, u16::from(self.subnet), 0, 0, 0, 1)
+    }
+
+    /// Adds a pod: netns `<prefix>-<name>`, `eth0` with 10.77.S.N/24 and fd77::S:0:0:0:N/64
+    /// bridged to the node, and cgroup `<cgroup_root>/<name>`.
+    pub fn add_pod(&self, name: &str) -> Result<Pod> {
+        ensure!(
+            !name.is_empty()
+                && name.len() <= 24
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "pod name {name:?}: use 1-24 of [a-z0-9-]"
+        );
+        let host = self.next_host.fetch_add(1, Ordering::Relaxed);
+        ensure!(host < 250, "too many pods on one node");
+        let netns = NetNs::create(&format!("{}-{name}", self.prefix))?;
+        let inner = Arc::new(PodInner {
+            name: name.to_string(),
+            cgroup: self.cgroup_root.join(name),
+            ip: Ipv4Addr::new(10, 77, self.subnet, host),
+            ip6: Ipv6Addr::new(
+                0xfd77,
+                0,
+                0,
+                u16::from(self.subnet),
+                0,
+                0,
+                0,
+                u16::from(host),
+            ),
+            testapp: self.testapp.clone(),
+            netns,
+        });
+        lock(&self.pods).push(inner.clone());
+        // The node-side veth lives only in the node netns, so short names cannot collide
+        // across tests and stay within the 15-character limit.
+        let veth = format!("vp{host}");
+        self.netns.ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            inner.netns.name(),
+        ])?;
+        self.netns
+            .ip(&["link", "set", &veth, "master", "br0", "up"])?;
+        let ns = &inner.netns;
+        ns.ip(&["addr", "add", &format!("{}/24", inner.ip), "dev", "eth0"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", inner.ip6),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        std::fs::create_dir(&inner.cgroup)
+            .with_context(|| format!("mkdir {}", inner.cgroup.display()))?;
+        Ok(Pod { inner })
+    }
+
+    /// Every pod made so far.
+    pub fn pods(&self) -> Vec<Pod> {
+        lock(&self.pods)
+            .iter()
+            .map(|inner| Pod {
+                inner: inner.clone(),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let pods = std::mem::take(&mut *lock(&self.pods));
+        for pod in pods.iter().rev() {
+            if let Err(e) = cgroup::remove_tree(&pod.cgroup) {
+                eprintln!("sluice-tests: removing {}: {e:#}", pod.cgroup.display());
+            }
+            pod.netns.delete();
+        }
+        if let Err(e) = cgroup::remove_tree(&self.cgroup_root) {
+            eprintln!(
+                "sluice-tests: removing {}: {e:#}",
+                self.cgroup_root.display()
+            );
+        }
+        self.netns.delete();
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}
