@@ -327,6 +327,20 @@ impl Drop for Agent<'_> {
     }
 }
 
+/// How much counter `name` rose between two [`Agent::counters`] snapshots; a counter missing
+/// from `after` is an error (a typo must not read as "did not rise").
+pub fn delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    name: &str,
+) -> Result<i64> {
+    let a = *after
+        .get(name)
+        .with_context(|| format!("no counter {name:?} in {after:?}"))?;
+    let b = before.get(name).copied().unwrap_or(0);
+    Ok(a as i64 - b as i64)
+}
+
 fn write_config(path: &Path, config: &AgentConfig) -> Result<()> {
     let text = serde_yaml_ng::to_string(config)?;
     let tmp = path.with_extension("yaml.tmp");

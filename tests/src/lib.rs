@@ -19,7 +19,7 @@ pub mod proc;
 pub mod sweep;
 pub mod wire;
 
-pub use agent::{Agent, AgentConfig, Workload};
+pub use agent::{Agent, AgentConfig, Workload, delta};
 pub use metrics::Metrics;
 pub use node::Node;
 pub use pod::{DialOpts, Pod};
@@ -83,4 +83,25 @@ pub fn agent_bin() -> anyhow::Result<PathBuf> {
         p.display()
     );
     Ok(p)
+}
+
+/// Calls `f` every 100 ms until it yields `Some`, or fails after `timeout` with the last
+/// error or the last `None` described by `what`.
+pub fn poll_until<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => String::from("condition not met"),
+            Err(e) => format!("{e:#}"),
+        };
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{what}: not within {timeout:?} ({last})");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
