@@ -1,1 +1,91 @@
-fn main() {}
+//! `cargo xtask`: the project tasks that plain cargo cannot express, because they need a second
+//! toolchain (nightly for the BPF target), host tools installed, or root.
+
+mod cmd;
+mod demo;
+mod ebpf;
+mod system;
+mod test;
+mod toolchain;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Sluice project tasks: eBPF toolchain, BPF build, privileged tests and the demo.
+///
+/// Every task installs what it needs first (idempotent, and quick when all is present), so a
+/// new machine needs only `cargo xtask test` or `cargo xtask demo`.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install or check what building eBPF needs: nightly's rust-src and a bpf-linker that
+    /// matches nightly's LLVM.
+    Toolchain {
+        /// Also install the tools the tests drive (ip, iptables, nft, bpftool) and mount bpffs
+        /// at /sys/fs/bpf. Needs root.
+        #[arg(long)]
+        system: bool,
+    },
+    /// Build the eBPF programs (mesh-ebpf) with nightly for bpfel-unknown-none and print the
+    /// object's path.
+    BuildEbpf,
+    /// As root: prepare the machine, build every binary, then run `cargo test` with
+    /// SLUICE_AGENT_BIN pointing at the debug agent. Exits with cargo test's status.
+    ///
+    /// Arguments after `--` go to `cargo test`, e.g.
+    /// `cargo xtask test -- -p tests -- --nocapture`.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+        args: Vec<String>,
+    },
+    /// As root: prepare the machine, build release binaries, then run `sluice-demo` against the
+    /// release agent. Exits with the demo's status.
+    Demo {
+        /// Extra arguments for `sluice-demo`.
+        #[arg(last = true, value_name = "DEMO_ARGS")]
+        args: Vec<String>,
+    },
+}
+
+/// Prints errors as their chain of causes: `main` returning the error would add a backtrace
+/// wherever `RUST_BACKTRACE` is set, burying the one line that says what to do.
+fn main() -> ExitCode {
+    run(Cli::parse()).unwrap_or_else(|error| {
+        eprintln!("xtask: error: {error}");
+        for cause in error.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.task {
+        Task::Toolchain { system } => {
+            if system {
+                system::require_root("cargo xtask toolchain --system")?;
+            }
+            toolchain::ensure()?;
+            if system {
+                system::ensure()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::BuildEbpf => {
+            let object = ebpf::build()?;
+            println!("{}", object.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Test { args } => test::run(&args),
+        Task::Demo { args } => demo::run(&args),
+    }
+}
