@@ -8,7 +8,9 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, bpf_sock_addr},
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -46,12 +48,8 @@ fn capture(ctx: &SockAddrContext, family: u16) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid bpf_sock_addr; volatile reads keep LLVM from
     // merging context loads into widths the verifier refuses.
-    let (sock_type, protocol) = unsafe {
-        (
-            read_volatile(&(*sa).type_),
-            read_volatile(&(*sa).protocol),
-        )
-    };
+    let (sock_type, protocol) =
+        unsafe { (read_volatile(&(*sa).type_), read_volatile(&(*sa).protocol)) };
     if sock_type != SOCK_STREAM || (protocol != IPPROTO_TCP && protocol != 0) {
         count(Counter::SkipNotTcp);
         return ALLOW;
@@ -87,7 +85,10 @@ fn capture(ctx: &SockAddrContext, family: u16) -> i32 {
 
     // SAFETY: valid context pointer for the program's lifetime.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    if ORIG_BY_COOKIE.insert(&cookie, &dst, BPF_ANY as u64).is_err() {
+    if ORIG_BY_COOKIE
+        .insert(&cookie, &dst, BPF_ANY as u64)
+        .is_err()
+    {
         // Letting it through would bypass the mesh without anyone knowing.
         count(Counter::RejectMapFull);
         return REJECT;

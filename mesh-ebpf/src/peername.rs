@@ -2,25 +2,29 @@
 //! listener; show the app the address it dialled instead.
 use core::ptr::write_volatile;
 
-use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
-use mesh_common::{AF_INET, Counter};
+use aya_ebpf::{
+    helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
+};
+use mesh_common::{AF_INET, AF_INET6, Counter};
 
 use crate::{counters::count, maps::ORIG_BY_COOKIE};
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    restore(&ctx);
+    restore(&ctx, AF_INET);
     1
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
-    restore(&ctx);
+    restore(&ctx, AF_INET6);
     1
 }
 
+/// `family` is a constant per program, so each program only touches the context fields its
+/// hook may write (the verifier rejects `user_ip6` in getpeername4).
 #[inline(always)]
-fn restore(ctx: &SockAddrContext) {
+fn restore(ctx: &SockAddrContext, family: u16) {
     let sa = ctx.sock_addr;
     // SAFETY: valid context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
@@ -28,9 +32,12 @@ fn restore(ctx: &SockAddrContext) {
     let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }) else {
         return;
     };
+    if orig.family != family {
+        return;
+    }
     // SAFETY: user_ip4/user_ip6/user_port are writable in getpeername hooks.
     unsafe {
-        if orig.family == AF_INET {
+        if family == AF_INET {
             write_volatile(&mut (*sa).user_ip4, orig.addr[0]);
         } else {
             write_volatile(&mut (*sa).user_ip6[0], orig.addr[0]);

@@ -1,0 +1,150 @@
+//! The agent as a whole: wires configuration, steering, proxy and endpoints together and
+//! applies configuration changes until asked to stop.
+mod enrollment;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use self::enrollment::Enrollment;
+use crate::{
+    admin::{self, AdminState, RedirectCounters},
+    config::{Config, ConfigSource, FileSource},
+    logging::LogControl,
+    metrics::Metrics,
+    proxy::ProxyContext,
+    redirect::{
+        Redirect,
+        ebpf::{EbpfRedirect, EbpfSettings},
+    },
+    sys::{mounts, netns},
+};
+
+/// `mesh-agent run`: runs until SIGTERM or SIGINT. Pinned steering stays in place on exit so
+/// a restarted agent takes over without a gap (`mesh-agent cleanup` removes it).
+pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
+    netns::remember_home().context("recording the agent's netns")?;
+    let mut configs = FileSource::new(config_path)
+        .subscribe()
+        .context("loading the configuration")?;
+    let config = configs.borrow_and_update().clone();
+    info!(node = %config.node, path = %config_path.display(), "starting");
+
+    let metrics = Metrics::new();
+    let redirect: Arc<dyn Redirect> =
+        Arc::new(EbpfRedirect::start(ebpf_settings(&config)?).context("starting eBPF steering")?);
+    metrics.register_collector(Box::new(RedirectCounters(redirect.clone())));
+    metrics.set_redirect_mode(redirect.mode().as_str());
+    info!(mode = redirect.mode().as_str(), "redirect mode");
+
+    let proxy = ProxyContext::new(metrics.clone(), &config);
+    let enrollment = Arc::new(Mutex::new(Enrollment::new(
+        redirect.clone(),
+        proxy.clone(),
+        metrics.clone(),
+    )));
+    {
+        let mut pods = lock(&enrollment);
+        pods.reconcile(&config);
+        pods.drop_stale_steering();
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let pods_view = enrollment.clone();
+    admin::serve(Arc::new(AdminState {
+        config: configs.clone(),
+        redirect: redirect.clone(),
+        metrics: metrics.clone(),
+        logs: Arc::new(logs),
+        ready: ready.clone(),
+        pods: Box::new(move || serde_json::json!(lock(&pods_view).view())),
+    }))
+    .await
+    .context("starting the admin, metrics and readiness endpoints")?;
+    ready.store(true, Ordering::Relaxed);
+    info!("ready");
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut applied = config;
+    loop {
+        tokio::select! {
+            changed = configs.changed() => {
+                if changed.is_err() {
+                    error!("configuration source stopped; keeping the current configuration");
+                    std::future::pending::<()>().await;
+                }
+                let next = configs.borrow_and_update().clone();
+                warn_restart_only_changes(&applied, &next);
+                proxy.update(&next);
+                lock(&enrollment).reconcile(&next);
+                metrics.config_reloads.inc();
+                applied = next;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("stopping; steering stays pinned for the next agent");
+    Ok(())
+}
+
+fn lock(enrollment: &Mutex<Enrollment>) -> std::sync::MutexGuard<'_, Enrollment> {
+    enrollment.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ebpf_settings(config: &Config) -> anyhow::Result<EbpfSettings> {
+    let cgroup_root = match &config.cgroup_root {
+        Some(root) => root.clone(),
+        None => mounts::cgroup2_mount().context("finding the cgroup2 mount")?,
+    };
+    Ok(EbpfSettings {
+        node: config.node.clone(),
+        cgroup_root,
+        bpffs_root: config.bpffs_root.clone(),
+    })
+}
+
+/// Node-level settings are read once at start: say so instead of pretending to apply them.
+fn warn_restart_only_changes(old: &Config, new: &Config) {
+    let fields = [
+        ("node", old.node != new.node),
+        ("cgroupRoot", old.cgroup_root != new.cgroup_root),
+        ("bpffsRoot", old.bpffs_root != new.bpffs_root),
+        ("adminAddress", old.admin_address != new.admin_address),
+        ("metricsAddress", old.metrics_address != new.metrics_address),
+        (
+            "readinessAddress",
+            old.readiness_address != new.readiness_address,
+        ),
+    ];
+    for (field, changed) in fields {
+        if changed {
+            warn!(
+                field,
+                "this setting changed but only takes effect after a restart"
+            );
+        }
+    }
+}
+
+/// `mesh-agent cleanup`: removes every program, link and pin of this node's agent.
+pub fn cleanup(config_path: &Path) -> anyhow::Result<()> {
+    let config = FileSource::load(config_path).context("loading the configuration")?;
+    let settings = ebpf_settings(&config)?;
+    let pin_dir = settings.pin_dir();
+    if crate::redirect::ebpf::cleanup(&pin_dir)? {
+        info!(pins = %pin_dir.display(), "removed eBPF programs, links and maps");
+    } else {
+        info!(pins = %pin_dir.display(), "nothing to remove");
+    }
+    Ok(())
+}

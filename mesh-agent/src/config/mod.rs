@@ -1,0 +1,34 @@
+//! The agent's configuration model: what runs on this node and which pods it captures.
+//!
+//! Everything above this layer (state, redirect, proxy, admin) reads these types; where the
+//! configuration comes from is [`ConfigSource`]'s business (a YAML file today, Kubernetes
+//! later). Validation happens while parsing, so a `Config` that exists is one the agent can
+//! act on, and errors point at the field that is wrong.
+mod file;
+mod model;
+
+pub use file::FileSource;
+pub use model::{Config, ProxySettings, Workload, WorkloadKey};
+
+use std::{path::PathBuf, sync::Arc};
+
+use tokio::sync::watch;
+
+/// Errors from reading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Where configuration comes from. A source validates every version before publishing it:
+/// a bad update is reported and the last good configuration stays in force.
+pub trait ConfigSource: Send + 'static {
+    /// The current configuration and a stream of later, valid versions.
+    fn subscribe(self) -> Result<watch::Receiver<Arc<Config>>, ConfigError>;
+}

@@ -1,0 +1,280 @@
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use mesh_common::{MAX_EXCLUDED_CIDRS, MAX_EXCLUDED_PORTS};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one node's agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "RawConfig")]
+pub struct Config {
+    /// This node's name; also names the pin directory `<bpffsRoot>/<node>/`.
+    pub node: String,
+    /// Where the eBPF programs attach. `None`: the cgroup2 mount root.
+    pub cgroup_root: Option<PathBuf>,
+    pub bpffs_root: PathBuf,
+    pub admin_address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    pub readiness_address: SocketAddr,
+    pub proxy: ProxySettings,
+    pub workloads: Vec<Workload>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxySettings {
+    /// How long an upstream connect may take before the app's connection is reset.
+    #[serde(with = "humantime_serde", default = "defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    #[serde(with = "humantime_serde", default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: defaults::connect_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+        }
+    }
+}
+
+/// A workload (pod) the agent knows about. Enrolled ones are captured; the others only give
+/// names to destinations in metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "RawWorkload")]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub ips: Vec<IpAddr>,
+    /// Path of the pod's network namespace (e.g. `/run/netns/x` or `/proc/<pid>/ns/net`).
+    pub netns: Option<PathBuf>,
+    /// Absolute path of the pod's cgroup v2 directory.
+    pub cgroup: Option<PathBuf>,
+    pub enrolled: bool,
+    /// Destination ports never captured for this pod.
+    pub exclude_ports: Vec<u16>,
+    /// Destination CIDRs never captured for this pod.
+    pub exclude_cidrs: Vec<IpNet>,
+}
+
+/// Identifies a workload across config versions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct WorkloadKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Workload {
+    pub fn key(&self) -> WorkloadKey {
+        WorkloadKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// SPIFFE identity, with the trust domain every standalone node uses for now.
+    pub fn principal(&self) -> String {
+        format!(
+            "spiffe://cluster.local/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+
+    pub fn ipv6(&self) -> Option<IpAddr> {
+        self.ips.iter().copied().find(IpAddr::is_ipv6)
+    }
+}
+
+mod defaults {
+    use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn bpffs_root() -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/sluice")
+    }
+    pub fn admin() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 15000))
+    }
+    pub fn metrics() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 15020))
+    }
+    pub fn readiness() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 15021))
+    }
+    pub fn service_account() -> String {
+        "default".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+/// The file's shape, before cross-field checks.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    node: String,
+    cgroup_root: Option<PathBuf>,
+    #[serde(default = "defaults::bpffs_root")]
+    bpffs_root: PathBuf,
+    #[serde(default = "defaults::admin")]
+    admin_address: SocketAddr,
+    #[serde(default = "defaults::metrics")]
+    metrics_address: SocketAddr,
+    #[serde(default = "defaults::readiness")]
+    readiness_address: SocketAddr,
+    #[serde(default)]
+    proxy: ProxySettings,
+    #[serde(default)]
+    workloads: Vec<Workload>,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Self, String> {
+        if raw.node.is_empty() || raw.node.contains('/') || raw.node.starts_with('.') {
+            return Err(format!(
+                "node: {:?} must be a non-empty name without '/' (it names a pin directory)",
+                raw.node
+            ));
+        }
+        if let Some(root) = &raw.cgroup_root
+            && !root.is_dir()
+        {
+            return Err(format!("cgroupRoot: {} is not a directory", root.display()));
+        }
+        let mut seen = HashSet::new();
+        for w in &raw.workloads {
+            if !seen.insert(w.key()) {
+                return Err(format!("workloads: {} is listed twice", w.key()));
+            }
+        }
+        let mut cgroups = HashSet::new();
+        for w in raw.workloads.iter().filter(|w| w.enrolled) {
+            if let Some(cg) = &w.cgroup
+                && !cgroups.insert(cg)
+            {
+                return Err(format!(
+                    "workloads: {} shares cgroup {} with another enrolled workload",
+                    w.key(),
+                    cg.display()
+                ));
+            }
+        }
+        Ok(Config {
+            node: raw.node,
+            cgroup_root: raw.cgroup_root,
+            bpffs_root: raw.bpffs_root,
+            admin_address: raw.admin_address,
+            metrics_address: raw.metrics_address,
+            readiness_address: raw.readiness_address,
+            proxy: raw.proxy,
+            workloads: raw.workloads,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawWorkload {
+    name: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    #[serde(default = "defaults::service_account")]
+    service_account: String,
+    #[serde(default)]
+    ips: Vec<IpAddr>,
+    netns: Option<PathBuf>,
+    cgroup: Option<PathBuf>,
+    #[serde(default = "defaults::yes")]
+    enrolled: bool,
+    #[serde(default)]
+    exclude_ports: Vec<u16>,
+    #[serde(default)]
+    exclude_cidrs: Vec<IpNet>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+impl TryFrom<RawWorkload> for Workload {
+    type Error = String;
+
+    fn try_from(raw: RawWorkload) -> Result<Self, String> {
+        let who = format!("workload {}/{}", raw.namespace, raw.name);
+        if raw.name.is_empty() {
+            return Err("name: must not be empty".into());
+        }
+        if raw.enrolled {
+            let netns = raw
+                .netns
+                .as_ref()
+                .ok_or_else(|| format!("netns: {who} is enrolled and needs its netns path"))?;
+            if !netns.exists() {
+                return Err(format!("netns: {who}: {} does not exist", netns.display()));
+            }
+            let cgroup = raw
+                .cgroup
+                .as_ref()
+                .ok_or_else(|| format!("cgroup: {who} is enrolled and needs its cgroup path"))?;
+            if !cgroup.is_absolute() || !cgroup.is_dir() {
+                return Err(format!(
+                    "cgroup: {who}: {} is not an existing absolute directory",
+                    cgroup.display()
+                ));
+            }
+        }
+        if raw.exclude_ports.len() > MAX_EXCLUDED_PORTS {
+            return Err(format!(
+                "excludePorts: {who} lists {} ports; at most {MAX_EXCLUDED_PORTS}",
+                raw.exclude_ports.len()
+            ));
+        }
+        for v6 in [false, true] {
+            let n = raw
+                .exclude_cidrs
+                .iter()
+                .filter(|c| c.addr().is_ipv6() == v6)
+                .count();
+            if n > MAX_EXCLUDED_CIDRS {
+                return Err(format!(
+                    "excludeCidrs: {who} lists {n} IPv{} CIDRs; at most {MAX_EXCLUDED_CIDRS}",
+                    if v6 { 6 } else { 4 }
+                ));
+            }
+        }
+        Ok(Workload {
+            name: raw.name,
+            namespace: raw.namespace,
+            service_account: raw.service_account,
+            ips: raw.ips,
+            netns: raw.netns,
+            cgroup: raw.cgroup,
+            enrolled: raw.enrolled,
+            exclude_ports: raw.exclude_ports,
+            exclude_cidrs: raw.exclude_cidrs,
+        })
+    }
+}

@@ -1,0 +1,226 @@
+//! eBPF steering: loads `mesh-ebpf`, attaches it with bpf_link in multi mode (so it
+//! coexists with other cgroup programs), pins maps and links under
+//! `<bpffsRoot>/<node>/{maps,links}` so steering survives an agent restart, and keeps the
+//! enrollment map in step with the enrolled pods.
+mod attach;
+mod maps;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::links::FdLink,
+};
+use mesh_common::{ConnTuple, OrigDst, PodCapture, maps as map_names};
+use tracing::info;
+
+use super::{CaptureSpec, Redirect, RedirectError, RedirectMode};
+use crate::sys::mounts;
+
+/// The compiled programs, built by this crate's build script.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    #[error("creating pin directory {path}: {error}")]
+    PinDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("loading the eBPF object")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {error}")]
+    Program {
+        name: &'static str,
+        error: aya::programs::ProgramError,
+    },
+    #[error("link of {name}: {error}")]
+    Link {
+        name: &'static str,
+        error: aya::programs::links::LinkError,
+    },
+    #[error("map {name}: {error}")]
+    Map {
+        name: &'static str,
+        error: aya::maps::MapError,
+    },
+    #[error("opening cgroup {path}: {error}")]
+    Cgroup {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("pinning link {path}: {error}")]
+    Pin {
+        path: PathBuf,
+        error: aya::pin::PinError,
+    },
+    #[error("removing pins under {path}: {error}")]
+    Unpin {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// Where to attach and pin.
+#[derive(Clone, Debug)]
+pub struct EbpfSettings {
+    pub node: String,
+    pub cgroup_root: PathBuf,
+    pub bpffs_root: PathBuf,
+}
+
+impl EbpfSettings {
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs_root.join(&self.node)
+    }
+}
+
+pub struct EbpfRedirect {
+    settings: EbpfSettings,
+    enrolled: Mutex<HashMap<MapData, u64, PodCapture>>,
+    orig_by_tuple: HashMap<MapData, ConnTuple, OrigDst>,
+    orig_by_cookie: HashMap<MapData, u64, OrigDst>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Keeps the programs attached while the agent runs (they are also pinned).
+    _links: Vec<FdLink>,
+    _ebpf: Ebpf,
+}
+
+impl EbpfRedirect {
+    /// Loads and attaches the programs, reusing pinned maps a previous agent left, and
+    /// replaces that agent's pinned links with ours.
+    pub fn start(settings: EbpfSettings) -> Result<Self, EbpfError> {
+        let pin_dir = settings.pin_dir();
+        mounts::ensure_bpffs(&pin_dir)?;
+        for dir in [pin_dir.join("maps"), pin_dir.join("links")] {
+            std::fs::create_dir_all(&dir).map_err(|error| EbpfError::PinDir {
+                path: dir.clone(),
+                error,
+            })?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir.join("maps"))
+            .load(PROGRAMS)?;
+        let links = attach::attach_all(&mut ebpf, &settings)?;
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(EbpfError::Map {
+                name,
+                error: aya::maps::MapError::InvalidName { name: name.into() },
+            })
+        };
+        let map_err = |name| move |error| EbpfError::Map { name, error };
+        let enrolled = HashMap::try_from(take(&mut ebpf, map_names::ENROLLED)?)
+            .map_err(map_err(map_names::ENROLLED))?;
+        let orig_by_tuple = HashMap::try_from(take(&mut ebpf, map_names::ORIG_BY_TUPLE)?)
+            .map_err(map_err(map_names::ORIG_BY_TUPLE))?;
+        let orig_by_cookie = HashMap::try_from(take(&mut ebpf, map_names::ORIG_BY_COOKIE)?)
+            .map_err(map_err(map_names::ORIG_BY_COOKIE))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)
+            .map_err(map_err(map_names::COUNTERS))?;
+        info!(pins = %pin_dir.display(), cgroup_root = %settings.cgroup_root.display(), "eBPF steering attached");
+        Ok(Self {
+            settings,
+            enrolled: Mutex::new(enrolled),
+            orig_by_tuple,
+            orig_by_cookie,
+            counters,
+            _links: links,
+            _ebpf: ebpf,
+        })
+    }
+}
+
+/// Detaches everything a node's agent attached and removes its pins: with the pins gone and
+/// no process holding the links, the kernel detaches the programs and frees the maps.
+pub fn cleanup(pin_dir: &Path) -> Result<bool, EbpfError> {
+    if !pin_dir.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(pin_dir).map_err(|error| EbpfError::Unpin {
+        path: pin_dir.into(),
+        error,
+    })?;
+    // The shared root goes too once no other node's agent pins under it; a non-empty root
+    // fails to remove, which is exactly the case to leave alone.
+    if let Some(root) = pin_dir.parent() {
+        let _ = std::fs::remove_dir(root);
+    }
+    Ok(true)
+}
+
+impl Redirect for EbpfRedirect {
+    fn mode(&self) -> RedirectMode {
+        RedirectMode::Ebpf
+    }
+
+    fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+        let id = mounts::cgroup_id(&spec.cgroup).map_err(EbpfError::from)?;
+        let value = maps::pod_capture(spec);
+        let mut map = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(id, value, 0).map_err(|error| EbpfError::Map {
+            name: map_names::ENROLLED,
+            error,
+        })?;
+        Ok(())
+    }
+
+    fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+        let id = mounts::cgroup_id(&spec.cgroup).map_err(EbpfError::from)?;
+        let mut map = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
+        match map.remove(&id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(EbpfError::Map {
+                name: map_names::ENROLLED,
+                error,
+            }
+            .into()),
+        }
+    }
+
+    fn retain_only(&self, keep: &[&CaptureSpec]) -> Result<(), RedirectError> {
+        let keep: Vec<u64> = keep
+            .iter()
+            .map(|spec| mounts::cgroup_id(&spec.cgroup))
+            .collect::<Result<_, _>>()
+            .map_err(EbpfError::from)?;
+        let mut map = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
+        let stale: Vec<u64> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for id in stale {
+            map.remove(&id).map_err(|error| EbpfError::Map {
+                name: map_names::ENROLLED,
+                error,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        maps::read_counters(&self.counters)
+    }
+
+    fn debug_dump(&self) -> serde_json::Value {
+        let enrolled = {
+            let map = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
+            maps::dump_enrolled(&map)
+        };
+        serde_json::json!({
+            "mode": "ebpf",
+            "pins": self.settings.pin_dir(),
+            "cgroupRoot": self.settings.cgroup_root,
+            "counters": self.counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "enrolled": enrolled,
+            "origDstByTuple": maps::dump_tuples(&self.orig_by_tuple),
+            "origDstByCookieEntries": self.orig_by_cookie.keys().count(),
+        })
+    }
+}

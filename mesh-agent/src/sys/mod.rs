@@ -1,0 +1,3 @@
+//! Thin wrappers over the host facts and syscalls the agent needs: mounts, cgroups, netns.
+pub mod mounts;
+pub mod netns;
