@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::logging::LogFormat;
+use crate::{
+    logging::LogFormat,
+    redirect::netfilter::istio::{self, IstioArgs, IstioBackend},
+};
 
 /// Sluice node agent: captures enrolled pods' connections with eBPF and proxies them.
 #[derive(Parser)]
@@ -45,6 +48,40 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Netfilter rules for pods where eBPF steering cannot run.
+    Iptables {
+        #[command(subcommand)]
+        command: IptablesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IptablesCommand {
+    /// Print the ruleset for the given inputs without applying anything.
+    Render(Box<RenderArgs>),
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// Rule layout. `istio-sidecar`: exactly what istio-iptables applies for the same flags.
+    #[arg(long, value_enum)]
+    profile: Profile,
+    /// Output form: `iptables-restore` payloads, or one `nft -f` transaction.
+    #[arg(long, value_enum, default_value_t = Backend::Iptables)]
+    backend: Backend,
+    #[command(flatten)]
+    istio: IstioArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Profile {
+    IstioSidecar,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    Iptables,
+    Nft,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +94,16 @@ fn main() -> anyhow::Result<()> {
             .context("starting the async runtime")?
             .block_on(app::run(&config, logs)),
         Command::Cleanup { config } => app::cleanup(&config),
+        Command::Iptables {
+            command: IptablesCommand::Render(args),
+        } => {
+            let Profile::IstioSidecar = args.profile;
+            let backend = match args.backend {
+                Backend::Iptables => IstioBackend::Iptables,
+                Backend::Nft => IstioBackend::Nft,
+            };
+            print!("{}", istio::render(&args.istio, backend)?);
+            Ok(())
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! redirect mode to start steering; it stops steering before the listeners close. The eBPF
 //! mode lives in [`ebpf`]; the netfilter fallback will sit beside it behind the same trait.
 pub mod ebpf;
+pub mod netfilter;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},

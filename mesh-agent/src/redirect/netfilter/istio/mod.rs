@@ -8,9 +8,6 @@
 //!
 //! Layout: `args` (flags) -> `settings`, `cidr` (validated inputs) -> `iptables`, `nft`,
 //! `dns` (which rules, in upstream order) -> `rules`, `cleanup`, `nft_tx` (text).
-//!
-//! Upstream reference: istio/istio `tools/istio-iptables/pkg/capture/run.go` and
-//! `tools/istio-nftables/pkg/capture/run.go`.
 
 mod args;
 mod cidr;
