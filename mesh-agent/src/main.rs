@@ -9,7 +9,7 @@ mod redirect;
 mod state;
 mod sys;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -84,8 +84,22 @@ enum Backend {
     Nft,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors print as their chain of causes; returning them from `main` would add a backtrace
+/// wherever `RUST_BACKTRACE` is set and bury the line that says what is wrong.
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let logs = logging::init(cli.log_format, &cli.log_level)?;
     match cli.command {
         Command::Run { config } => tokio::runtime::Builder::new_multi_thread()

@@ -27,9 +27,9 @@ impl FileSource {
 
     /// Reads and validates the file once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         parse(path, &text)
     }
@@ -63,9 +63,9 @@ fn without_yaml_path(field: &str, message: &str) -> String {
 
 impl ConfigSource for FileSource {
     fn subscribe(self) -> Result<watch::Receiver<Arc<Config>>, ConfigError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(&self.path).map_err(|error| ConfigError::Read {
             path: self.path.clone(),
-            source,
+            error,
         })?;
         let initial = parse(&self.path, &text)?;
         let (tx, rx) = watch::channel(Arc::new(initial));

@@ -17,16 +17,16 @@ use tokio::sync::watch;
 /// Errors from reading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
 
-/// Where configuration comes from. A source validates every version before publishing it:
+/// Where configuration comes from. A error validates every version before publishing it:
 /// a bad update is reported and the last good configuration stays in force.
 pub trait ConfigSource: Send + 'static {
     /// The current configuration and a stream of later, valid versions.

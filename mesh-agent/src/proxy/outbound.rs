@@ -1,6 +1,6 @@
 //! Outbound capture: the listeners inside each enrolled pod's netns and the handling of each
 //! connection accepted there. Accepting on pod P's listener is itself the proof that the
-//! connection came from P: no source IP is trusted.
+//! connection came from P: no error IP is trusted.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
@@ -22,11 +22,11 @@ use crate::{
 pub enum ListenError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("listening on {addr} in netns {netns}: {source}")]
+    #[error("listening on {addr} in netns {netns}: {error}")]
     Bind {
         addr: SocketAddr,
         netns: String,
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -57,10 +57,10 @@ impl PodListeners {
     pub fn open(pod: Arc<Pod>, ctx: Arc<ProxyContext>) -> Result<Self, ListenError> {
         let mut listeners = Vec::new();
         for addr in &pod.listeners {
-            let bind_err = |source| ListenError::Bind {
+            let bind_err = |error| ListenError::Bind {
                 addr: *addr,
                 netns: pod.netns.path().display().to_string(),
-                source,
+                error,
             };
             let socket = pod.netns.run(|| bind(*addr))?.map_err(bind_err)?;
             listeners.push(TcpListener::from_std(socket.into()).map_err(bind_err)?);
@@ -152,14 +152,14 @@ fn is_self(pod: &Pod, dst: SocketAddr) -> bool {
             && pod.workload.ips.contains(&dst.ip()))
 }
 
-fn labels(source: &Workload, dst: IpAddr, ctx: &ProxyContext) -> TcpLabels {
+fn labels(error: &Workload, dst: IpAddr, ctx: &ProxyContext) -> TcpLabels {
     let workloads = ctx.workloads();
     let destination = workloads.by_ip(dst);
     TcpLabels {
-        reporter: "source",
-        source_workload: source.name.clone(),
-        source_workload_namespace: source.namespace.clone(),
-        source_principal: source.principal(),
+        reporter: "error",
+        source_workload: error.name.clone(),
+        source_workload_namespace: error.namespace.clone(),
+        source_principal: error.principal(),
         destination_workload: destination.map_or_else(|| "unknown".into(), |w| w.name.clone()),
         destination_workload_namespace: destination
             .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),

@@ -13,8 +13,8 @@ use nix::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("reading {path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
     #[error("no cgroup2 filesystem is mounted (see /proc/self/mountinfo); Sluice needs cgroup v2")]
     NoCgroup2,
     #[error(
@@ -28,9 +28,9 @@ pub enum MountError {
 /// The cgroup2 mount point, from the first `cgroup2` line of `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> Result<PathBuf, MountError> {
     let path = Path::new("/proc/self/mountinfo");
-    let text = fs::read_to_string(path).map_err(|source| MountError::Read {
+    let text = fs::read_to_string(path).map_err(|error| MountError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     cgroup2_mount_in(&text).ok_or(MountError::NoCgroup2)
 }
@@ -48,9 +48,9 @@ fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
 pub fn own_cgroup() -> Result<PathBuf, MountError> {
     let mount = cgroup2_mount()?;
     let path = Path::new("/proc/self/cgroup");
-    let text = fs::read_to_string(path).map_err(|source| MountError::Read {
+    let text = fs::read_to_string(path).map_err(|error| MountError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     let rel = text
         .lines()
@@ -63,9 +63,9 @@ pub fn own_cgroup() -> Result<PathBuf, MountError> {
 pub fn cgroup_id(path: &Path) -> Result<u64, MountError> {
     fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| MountError::Read {
+        .map_err(|error| MountError::Read {
             path: path.into(),
-            source,
+            error,
         })
 }
 

@@ -15,8 +15,8 @@ use nix::sched::{CloneFlags, setns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("opening netns {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
+    #[error("opening netns {path}: {error}")]
+    Open { path: PathBuf, error: io::Error },
     #[error("entering netns: {0}")]
     Enter(nix::Error),
 }
@@ -30,9 +30,9 @@ pub struct Netns {
 
 impl Netns {
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
-        let file = File::open(path).map_err(|source| NetnsError::Open {
+        let file = File::open(path).map_err(|error| NetnsError::Open {
             path: path.into(),
-            source,
+            error,
         })?;
         Ok(Self {
             file,
@@ -72,9 +72,9 @@ fn home_netns() -> Result<&'static File, NetnsError> {
         return Ok(f);
     }
     let path = Path::new("/proc/self/ns/net");
-    let file = File::open(path).map_err(|source| NetnsError::Open {
+    let file = File::open(path).map_err(|error| NetnsError::Open {
         path: path.into(),
-        source,
+        error,
     })?;
     Ok(HOME.get_or_init(|| file))
 }
