@@ -96,7 +96,7 @@ impl AgentConfig {
     pub fn new(node: &Node) -> AgentConfig {
         AgentConfig {
             node: node.name().to_string(),
-            cgroup_root: node.cgroup_root().to_path_buf(),
+            cgroup_root: node.cgroup_root(),
             bpffs_root: None,
             admin_address: ADMIN.into(),
             metrics_address: "0.0.0.0:15020".into(),
@@ -140,8 +140,18 @@ pub struct Agent<'n> {
 }
 
 impl<'n> Agent<'n> {
-    /// Writes the config, starts `mesh-agent run` in the node netns and waits until ready.
+    /// Writes the config, starts `mesh-agent run` in the node netns and the node's agent
+    /// cgroup (outside `cgroupRoot`, so never captured), and waits until ready.
     pub fn start(node: &'n Node, config: AgentConfig) -> Result<Agent<'n>> {
+        Agent::start_with_env(node, config, &[])
+    }
+
+    /// [`Agent::start`] with extra environment (e.g. `RUST_LOG`).
+    pub fn start_with_env(
+        node: &'n Node,
+        config: AgentConfig,
+        env: &[(&str, &str)],
+    ) -> Result<Agent<'n>> {
         let bin = crate::agent_bin()?;
         let config_path = node.workdir().join("agent.yaml");
         let log_path = node.workdir().join("agent.log");
@@ -155,10 +165,21 @@ impl<'n> Agent<'n> {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        crate::pod::enter(&mut cmd, File::open(node.netns_path())?, None);
+        cmd.envs(env.iter().copied());
+        let procs = File::options()
+            .write(true)
+            .open(node.agent_cgroup().join("cgroup.procs"))?;
+        crate::pod::enter(&mut cmd, File::open(node.netns_path())?, Some(procs));
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
+        // The agent must not share a cgroup with other tests' agents (see `crate::node`).
+        let want = node.agent_cgroup();
+        let got = crate::cgroup::cgroup_of(child.id()).map(|rel| {
+            crate::cgroup::cgroup2_mount()
+                .unwrap_or_default()
+                .join(rel.trim_start_matches('/'))
+        });
         let mut agent = Agent {
             node,
             bin,
@@ -167,6 +188,11 @@ impl<'n> Agent<'n> {
             log_path,
             child: Some(child),
         };
+        ensure!(
+            got.as_ref().is_ok_and(|g| *g == want),
+            "agent runs in cgroup {got:?}, not {}",
+            want.display()
+        );
         agent.wait_ready(Duration::from_secs(30))?;
         Ok(agent)
     }

@@ -1,5 +1,21 @@
 //! A node: a netns with a bridge (where the agent runs), a cgroup subtree for its pods, and
 //! a work directory for the agent's config and log.
+//!
+//! cgroup layout, like a Kubernetes node where the agent's pod and the app pods share the
+//! `kubepods` parent:
+//!
+//! ```text
+//! <cgroup2>/sluice-test-<prefix>/        test_cgroup(): everything this node made
+//!   agent/                               agent_cgroup(): the agent process
+//!   pods/                                cgroup_root(): the agent's `cgroupRoot`
+//!     <pod>/[<container>/]
+//! ```
+//!
+//! The agent attaches its socket-address programs at `cgroupRoot` and its sock_ops and
+//! getsockopt programs at the nearest cgroup holding both the pods and itself. Were the
+//! agent left in the test process's cgroup (the host root here), that would be the host's
+//! root cgroup: every agent of every parallel test would then answer every other agent's
+//! `SO_ORIGINAL_DST` lookups, and the programs would see the whole machine's sockets.
 
 use crate::cgroup;
 use crate::netns::NetNs;
@@ -16,7 +32,7 @@ pub struct Node {
     prefix: String,
     netns: NetNs,
     subnet: u8,
-    cgroup_root: PathBuf,
+    test_cgroup: PathBuf,
     workdir: PathBuf,
     testapp: PathBuf,
     pods: Mutex<Vec<Arc<PodInner>>>,
@@ -25,7 +41,7 @@ pub struct Node {
 
 impl Node {
     /// Makes the node netns (bridge `br0`, 10.77.S.1/24), its cgroup subtree
-    /// `<cgroup2>/sluice-test-<prefix>/` and work directory `/tmp/sluice-test-<prefix>/`.
+    /// `<cgroup2>/sluice-test-<prefix>/` (see the module doc) and work directory `/tmp/sluice-test-<prefix>/`.
     pub fn new() -> Result<Node> {
         crate::sweep::sweep_stale_once();
         static SUBNET: AtomicUsize = AtomicUsize::new(0);
@@ -35,7 +51,7 @@ impl Node {
         let node = Node {
             netns: NetNs::create(&format!("{prefix}-node"))?,
             subnet: (SUBNET.fetch_add(1, Ordering::Relaxed) % 250) as u8,
-            cgroup_root: cg2.join(format!("sluice-test-{prefix}")),
+            test_cgroup: cg2.join(format!("sluice-test-{prefix}")),
             workdir: std::env::temp_dir().join(format!("sluice-test-{prefix}")),
             testapp,
             pods: Mutex::new(Vec::new()),
@@ -43,8 +59,9 @@ impl Node {
             prefix,
         };
         // From here on, Drop cleans up whatever exists if a step fails.
-        std::fs::create_dir_all(&node.cgroup_root)
-            .with_context(|| format!("mkdir {}", node.cgroup_root.display()))?;
+        for dir in [node.agent_cgroup(), node.cgroup_root()] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        }
         std::fs::create_dir_all(&node.workdir)?;
         let gw = format!("{}/24", node.gateway());
         let gw6 = format!("{}/64", node.gateway6());
@@ -66,8 +83,18 @@ impl Node {
     }
 
     /// `<cgroup2>/sluice-test-<prefix>`: the agent's `cgroupRoot`.
-    pub fn cgroup_root(&self) -> &Path {
-        &self.cgroup_root
+    pub fn cgroup_root(&self) -> PathBuf {
+        self.test_cgroup.join("pods")
+    }
+
+    /// `<cgroup2>/sluice-test-<prefix>/agent`: where the agent process runs.
+    pub fn agent_cgroup(&self) -> PathBuf {
+        self.test_cgroup.join("agent")
+    }
+
+    /// `<cgroup2>/sluice-test-<prefix>`: the whole subtree (check it for leftover programs).
+    pub fn test_cgroup(&self) -> &Path {
+        &self.test_cgroup
     }
 
     pub fn workdir(&self) -> &Path {
@@ -98,7 +125,7 @@ impl Node {
         let netns = NetNs::create(&format!("{}-{name}", self.prefix))?;
         let inner = Arc::new(PodInner {
             name: name.to_string(),
-            cgroup: self.cgroup_root.join(name),
+            cgroup: self.cgroup_root().join(name),
             ip: Ipv4Addr::new(10, 77, self.subnet, host),
             ip6: Ipv6Addr::new(
                 0xfd77,
@@ -167,10 +194,10 @@ impl Drop for Node {
             }
             pod.netns.delete();
         }
-        if let Err(e) = cgroup::remove_tree(&self.cgroup_root) {
+        if let Err(e) = cgroup::remove_tree(&self.test_cgroup) {
             eprintln!(
                 "sluice-tests: removing {}: {e:#}",
-                self.cgroup_root.display()
+                self.test_cgroup.display()
             );
         }
         self.netns.delete();

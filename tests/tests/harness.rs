@@ -76,7 +76,7 @@ fn processes_land_in_pod_netns_and_cgroup() {
         assert_eq!(ns.ino(), pod_ns.ino(), "process is not in the pod netns");
     }
     // A container cgroup outside the pod is refused.
-    assert!(a.command_in(node.cgroup_root(), "true").is_err());
+    assert!(a.command_in(&node.cgroup_root(), "true").is_err());
 }
 
 /// What a node made, to check it is gone afterwards.
@@ -92,7 +92,7 @@ fn build(fp: &mut Footprint) -> Node {
     fp.paths
         .extend([node.netns_path(), a.netns_path(), b.netns_path()]);
     fp.paths.extend([
-        node.cgroup_root().to_path_buf(),
+        node.test_cgroup().to_path_buf(),
         a.cgroup().to_path_buf(),
         node.workdir().to_path_buf(),
     ]);

@@ -457,11 +457,11 @@ fn cleanup_leaves_no_pins_or_programs() {
     let pin_dir = cfg.pin_dir();
     let mut agent = Agent::start(&node, cfg).unwrap();
 
-    let attached = bpf::attached_under(node.cgroup_root()).unwrap();
+    let attached = bpf::attached_under(node.test_cgroup()).unwrap();
     assert!(
         !attached.is_empty(),
         "no programs attached under {} while running",
-        node.cgroup_root().display()
+        node.test_cgroup().display()
     );
     let pins = bpf::pins_under(&pin_dir);
     assert!(
@@ -476,7 +476,7 @@ fn cleanup_leaves_no_pins_or_programs() {
         Vec::<std::path::PathBuf>::new(),
         "pins left after cleanup"
     );
-    let left = bpf::attached_under(node.cgroup_root()).unwrap();
+    let left = bpf::attached_under(node.test_cgroup()).unwrap();
     assert!(
         left.is_empty(),
         "programs still attached after cleanup: {left:?}"
