@@ -303,6 +303,30 @@ impl<'n> Agent<'n> {
             .with_context(|| format!("no counter {name:?} in {all:?}"))
     }
 
+    /// Original-destination entries the agent's maps hold now: `orig_dst_entries` as the
+    /// interface names it, or the agent's per-map counts (`origDstByTuple.count` plus
+    /// `origDstByCookieEntries`); neither present is an error.
+    pub fn orig_dst_entries(&self) -> Result<u64> {
+        let v = self.debug_ebpf()?;
+        if let Some(n) = v.get("orig_dst_entries").and_then(|n| n.as_u64()) {
+            return Ok(n);
+        }
+        let by_tuple = v.pointer("/origDstByTuple/count").and_then(|n| n.as_u64());
+        let by_cookie = v.get("origDstByCookieEntries").and_then(|n| n.as_u64());
+        match (by_tuple, by_cookie) {
+            (Some(t), Some(c)) => Ok(t + c),
+            _ => bail!("no original-destination entry count in /debug/ebpf: {v}"),
+        }
+    }
+
+    /// Writes `text` as the config file, verbatim (atomically), e.g. to test bad input.
+    pub fn write_raw_config(&self, text: &str) -> Result<()> {
+        let tmp = self.config_path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.config_path)?;
+        Ok(())
+    }
+
     /// Replaces the config file atomically (write + rename), as a ConfigMap update does.
     pub fn reload(&mut self, config: AgentConfig) -> Result<()> {
         write_config(&self.config_path, &config)?;

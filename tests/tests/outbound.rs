@@ -506,3 +506,83 @@ fn container_cgroup_of_enrolled_pod_is_captured() {
     assert_transparent(&report.results[0], a.ip().into(), target);
     assert_eq!(delta(&before, &counters(&agent), "captured").unwrap(), 1);
 }
+
+/// Original-destination entries are deleted when connections close, including connects
+/// the upstream refused (DESIGN §3: nothing relies on LRU eviction).
+#[test]
+fn orig_dst_entries_are_deleted_on_close() {
+    let node = Node::new().unwrap();
+    let a = node.add_pod("client-a").unwrap();
+    let b = node.add_pod("server-b").unwrap();
+    let _server = b.serve(8080, "server-b").unwrap();
+    let cfg = AgentConfig::new(&node)
+        .with(Workload::enrolled(&a))
+        .with(Workload::known(&b));
+    let agent = Agent::start(&node, cfg).unwrap();
+
+    let before = counters(&agent);
+    let ok = DialOpts {
+        bytes: 1000,
+        count: 10,
+        concurrency: 5,
+        ..Default::default()
+    };
+    let report = a.dial(addr(b.ip(), 8080), &ok).unwrap();
+    assert!(report.results.iter().all(ConnResult::is_ok), "{report:?}");
+    let refused = DialOpts {
+        bytes: 10,
+        count: 5,
+        concurrency: 5,
+        ..Default::default()
+    };
+    let report = a.dial(addr(b.ip(), 8089), &refused).unwrap();
+    assert!(
+        report.results.iter().all(|r| r.result != "ok"),
+        "{report:?}"
+    );
+    assert_eq!(delta(&before, &counters(&agent), "captured").unwrap(), 15);
+    poll_until(
+        Duration::from_secs(5),
+        "original-destination entries drain to 0",
+        || {
+            let n = agent.orig_dst_entries()?;
+            Ok((n == 0).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}; /debug/ebpf: {}", agent.debug_ebpf().unwrap()));
+}
+
+/// A bad config file is rejected and the old config stays in force (DESIGN §5): the agent
+/// stays ready and keeps capturing the pod it had enrolled.
+#[test]
+fn bad_config_keeps_the_old_one() {
+    let node = Node::new().unwrap();
+    let a = node.add_pod("client-a").unwrap();
+    let b = node.add_pod("server-b").unwrap();
+    let _server = b.serve(8080, "server-b").unwrap();
+    let cfg = AgentConfig::new(&node)
+        .with(Workload::enrolled(&a))
+        .with(Workload::known(&b));
+    let agent = Agent::start(&node, cfg).unwrap();
+
+    agent
+        .write_raw_config("node: [unclosed\nworkloads: 7\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        agent
+            .get(tests::agent::READINESS, "/healthz/ready")
+            .unwrap()
+            .status,
+        200
+    );
+    let before = counters(&agent);
+    let target = addr(b.ip(), 8080);
+    assert_transparent(&a.dial_one(target, 1000).unwrap(), a.ip().into(), target);
+    assert_eq!(
+        delta(&before, &counters(&agent), "captured").unwrap(),
+        1,
+        "capture lost after a bad config; log:\n{}",
+        agent.log_tail(20)
+    );
+}
