@@ -344,9 +344,14 @@ impl<'n> Agent<'n> {
     }
 
     /// `mesh-agent cleanup --config <file>` in the node netns; fails with its output.
+    ///
+    /// It is given the last config written through [`Agent::reload`] (in a file of its own),
+    /// so a test that fed the agent a broken file still cleans up.
     pub fn cleanup(&self) -> Result<()> {
+        let path = self.config_path.with_file_name("agent-cleanup.yaml");
+        write_config(&path, &self.config)?;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("cleanup").arg("--config").arg(&self.config_path);
+        cmd.arg("cleanup").arg("--config").arg(&path);
         crate::pod::enter(&mut cmd, File::open(self.node.netns_path())?, None);
         let out = cmd.output().context("running mesh-agent cleanup")?;
         ensure!(
@@ -369,10 +374,25 @@ impl Drop for Agent<'_> {
                 self.log_tail(80)
             );
         }
-        if self.child.is_some()
-            && let Err(e) = self.stop()
-        {
-            eprintln!("sluice-tests: agent teardown: {e:#}");
+        if self.child.is_none() {
+            return;
+        }
+        let pin_dir = self.config.pin_dir();
+        let res = self.stop().and_then(|()| {
+            let pins = crate::bpf::pins_under(&pin_dir);
+            ensure!(
+                pins.is_empty(),
+                "pins left after mesh-agent cleanup: {pins:?}"
+            );
+            Ok(())
+        });
+        if let Err(e) = res {
+            // A teardown that leaves state behind fails the test, unless it already failed.
+            if std::thread::panicking() {
+                eprintln!("sluice-tests: agent teardown: {e:#}");
+            } else {
+                panic!("agent teardown: {e:#}");
+            }
         }
     }
 }
