@@ -45,8 +45,14 @@ enum Command {
     /// Remove everything the node's agent attached and pinned (programs, links, maps).
     Cleanup {
         /// The configuration the agent ran with (for the node name and pin location).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "node", conflicts_with = "node")]
+        config: Option<PathBuf>,
+        /// The node name, when the configuration file is missing or broken.
+        #[arg(long)]
+        node: Option<String>,
+        /// Where the node's pin directory lives (with --node).
+        #[arg(long, default_value = "/sys/fs/bpf/sluice", requires = "node")]
+        bpffs_root: PathBuf,
     },
     /// Netfilter rules for pods where eBPF steering cannot run.
     Iptables {
@@ -107,7 +113,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(app::run(&config, logs)),
-        Command::Cleanup { config } => app::cleanup(&config),
+        Command::Cleanup {
+            config,
+            node,
+            bpffs_root,
+        } => app::cleanup(match (&config, &node) {
+            (Some(config), _) => app::CleanupTarget::Config(config),
+            (None, Some(node)) => app::CleanupTarget::Node {
+                node,
+                bpffs_root: &bpffs_root,
+            },
+            (None, None) => anyhow::bail!("give --config or --node"),
+        }),
         Command::Iptables {
             command: IptablesCommand::Render(args),
         } => {

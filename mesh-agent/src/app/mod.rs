@@ -32,13 +32,17 @@ use crate::{
 /// a restarted agent takes over without a gap (`mesh-agent cleanup` removes it).
 pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     netns::remember_home().context("recording the agent's netns")?;
+    let metrics = Metrics::new();
+    let rejections = metrics.config_rejections.clone();
     let mut configs = FileSource::new(config_path)
+        .on_rejection(move |_| {
+            rejections.inc();
+        })
         .subscribe()
         .context("loading the configuration")?;
     let config = configs.borrow_and_update().clone();
     info!(node = %config.node, path = %config_path.display(), "starting");
 
-    let metrics = Metrics::new();
     let redirect: Arc<dyn Redirect> =
         Arc::new(EbpfRedirect::start(ebpf_settings(&config)?).context("starting eBPF steering")?);
     metrics.register_collector(Box::new(RedirectCounters(redirect.clone())));
@@ -136,11 +140,31 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     }
 }
 
+/// Which node's pins `mesh-agent cleanup` removes.
+pub enum CleanupTarget<'a> {
+    /// The configuration the agent ran with.
+    Config(&'a Path),
+    /// Node name and bpffs root given directly: works when the config file is gone or broken.
+    Node { node: &'a str, bpffs_root: &'a Path },
+}
+
 /// `mesh-agent cleanup`: removes every program, link and pin of this node's agent.
-pub fn cleanup(config_path: &Path) -> anyhow::Result<()> {
-    let config = FileSource::load(config_path).context("loading the configuration")?;
-    let settings = ebpf_settings(&config)?;
-    let pin_dir = settings.pin_dir();
+pub fn cleanup(target: CleanupTarget<'_>) -> anyhow::Result<()> {
+    let pin_dir = match target {
+        CleanupTarget::Config(path) => {
+            let config = FileSource::load(path).context(
+                "loading the configuration (if it is broken, use --node and --bpffs-root instead)",
+            )?;
+            config.bpffs_root.join(&config.node)
+        }
+        CleanupTarget::Node { node, bpffs_root } => {
+            anyhow::ensure!(
+                !node.is_empty() && !node.contains('/') && !node.starts_with('.'),
+                "--node {node:?} must be a plain node name"
+            );
+            bpffs_root.join(node)
+        }
+    };
     if crate::redirect::ebpf::cleanup(&pin_dir)? {
         info!(pins = %pin_dir.display(), "removed eBPF programs, links and maps");
     } else {

@@ -16,13 +16,25 @@ use super::{Config, ConfigError, ConfigSource};
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Called with each refused version, so the caller can count or surface it.
+pub type OnRejection = Box<dyn Fn(&ConfigError) + Send + Sync>;
+
 pub struct FileSource {
     path: PathBuf,
+    on_rejection: OnRejection,
 }
 
 impl FileSource {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            on_rejection: Box::new(|_| {}),
+        }
+    }
+
+    pub fn on_rejection(mut self, hook: impl Fn(&ConfigError) + Send + Sync + 'static) -> Self {
+        self.on_rejection = Box::new(hook);
+        self
     }
 
     /// Reads and validates the file once.
@@ -69,12 +81,17 @@ impl ConfigSource for FileSource {
         })?;
         let initial = parse(&self.path, &text)?;
         let (tx, rx) = watch::channel(Arc::new(initial));
-        tokio::spawn(poll(self.path, text, tx));
+        tokio::spawn(poll(self.path, text, tx, self.on_rejection));
         Ok(rx)
     }
 }
 
-async fn poll(path: PathBuf, mut last_text: String, tx: watch::Sender<Arc<Config>>) {
+async fn poll(
+    path: PathBuf,
+    mut last_text: String,
+    tx: watch::Sender<Arc<Config>>,
+    on_rejection: OnRejection,
+) {
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     loop {
         ticker.tick().await;
@@ -101,7 +118,10 @@ async fn poll(path: PathBuf, mut last_text: String, tx: watch::Sender<Arc<Config
                 info!(path = %path.display(), "config changed; applying");
                 tx.send_replace(Arc::new(config));
             }
-            Err(err) => error!(%err, "config rejected; keeping the current config"),
+            Err(err) => {
+                error!(%err, "config rejected; keeping the current config");
+                on_rejection(&err);
+            }
         }
     }
 }

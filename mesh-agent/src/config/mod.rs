@@ -26,7 +26,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// Where configuration comes from. A error validates every version before publishing it:
+/// Where configuration comes from. A source validates every version before publishing it:
 /// a bad update is reported and the last good configuration stays in force.
 pub trait ConfigSource: Send + 'static {
     /// The current configuration and a stream of later, valid versions.

@@ -1,6 +1,6 @@
 //! Outbound capture: the listeners inside each enrolled pod's netns and the handling of each
 //! connection accepted there. Accepting on pod P's listener is itself the proof that the
-//! connection came from P: no error IP is trusted.
+//! connection came from P: no source IP is trusted.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
@@ -152,14 +152,14 @@ fn is_self(pod: &Pod, dst: SocketAddr) -> bool {
             && pod.workload.ips.contains(&dst.ip()))
 }
 
-fn labels(error: &Workload, dst: IpAddr, ctx: &ProxyContext) -> TcpLabels {
+fn labels(source: &Workload, dst: IpAddr, ctx: &ProxyContext) -> TcpLabels {
     let workloads = ctx.workloads();
     let destination = workloads.by_ip(dst);
     TcpLabels {
-        reporter: "error",
-        source_workload: error.name.clone(),
-        source_workload_namespace: error.namespace.clone(),
-        source_principal: error.principal(),
+        reporter: "source",
+        source_workload: source.name.clone(),
+        source_workload_namespace: source.namespace.clone(),
+        source_principal: source.principal(),
         destination_workload: destination.map_or_else(|| "unknown".into(), |w| w.name.clone()),
         destination_workload_namespace: destination
             .map_or_else(|| "unknown".into(), |w| w.namespace.clone()),

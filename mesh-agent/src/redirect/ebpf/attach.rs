@@ -8,7 +8,7 @@ use aya::{
         links::{FdLink, LinkError},
     },
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{EbpfError, EbpfSettings};
 use crate::sys::mounts;
@@ -35,6 +35,15 @@ pub fn attach_all(ebpf: &mut Ebpf, settings: &EbpfSettings) -> Result<Vec<FdLink
         .ancestors()
         .find(|dir| own.starts_with(dir))
         .unwrap_or(&settings.cgroup_root);
+    if shared_path != settings.cgroup_root {
+        warn!(
+            shared = %shared_path.display(),
+            root = %settings.cgroup_root.display(),
+            "the agent runs outside cgroupRoot, so sock_ops and getsockopt attach higher up; \
+             a second agent on this kernel whose programs see the same sockets could answer \
+             for them: run the agent inside cgroupRoot"
+        );
+    }
     let shared = open_cgroup(shared_path)?;
     let links_dir = settings.pin_dir().join("links");
     let mut links = Vec::new();
