@@ -7,6 +7,7 @@ mod ebpf;
 mod system;
 mod test;
 mod toolchain;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,13 @@ enum Task {
         #[arg(last = true, value_name = "DEMO_ARGS")]
         args: Vec<String>,
     },
+    /// Run the privileged integration tests inside QEMU on Debian's 5.10, 6.1 and 6.12 cloud
+    /// kernels and report each test's result per kernel (writes docs/kernel-matrix.md).
+    ///
+    /// Fetches the kernels with a private apt (cached under target/vm, nothing installed),
+    /// builds static binaries in target/vm, installs QEMU if missing. Uses KVM only where a
+    /// probe boot works, else TCG (slow: budget minutes per kernel).
+    VmTest(vm::VmTest),
 }
 
 /// Prints errors as their chain of causes: `main` returning the error would add a backtrace
@@ -87,5 +95,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Task::Test { args } => test::run(&args),
         Task::Demo { args } => demo::run(&args),
+        Task::VmTest(opts) => vm::run(&opts),
     }
 }

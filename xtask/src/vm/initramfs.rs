@@ -1,0 +1,168 @@
+//! The VM's whole userland, as one initramfs: busybox, `ip` and `bpftool` with their libraries,
+//! the kernel's modules, the static test binaries and an `/init` that mounts what the test bed
+//! expects, runs the suites and prints the markers the host parses.
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::cpio;
+use super::kernels::Module;
+use super::report::marker;
+
+/// What goes into every kernel's initramfs; only the modules differ.
+pub struct Payload {
+    pub busybox: PathBuf,
+    /// Dynamically linked host tools: (path in the guest, host binary, its libraries).
+    pub tools: Vec<(String, PathBuf, Vec<PathBuf>)>,
+    pub agent: PathBuf,
+    pub testapp: PathBuf,
+    pub suites: Vec<(String, PathBuf)>,
+    /// Extra arguments for every test executable (e.g. a name filter).
+    pub test_args: Vec<String>,
+}
+
+/// Kernel command-line word that makes `/init` stop right after boot: the KVM probe.
+pub const PROBE_ARG: &str = "sluice.probe";
+
+/// Writes the initramfs for one kernel to `path`.
+pub fn write(path: &Path, payload: &Payload, modules: &[Module]) -> Result<()> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut cpio = cpio::Writer::new(BufWriter::new(file));
+    let io =
+        |e: std::io::Error| anyhow::Error::new(e).context(format!("writing {}", path.display()));
+    for dir in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "tmp", "run", "etc", "root",
+    ] {
+        cpio.dir(dir).map_err(io)?;
+    }
+    cpio.char_device("dev/console", 5, 1).map_err(io)?;
+    cpio.file("init", 0o755, init_script(payload).as_bytes())
+        .map_err(io)?;
+    add(&mut cpio, "bin/busybox", &payload.busybox)?;
+    // Tools that read these files misbehave without them (e.g. `ip netns` expects /etc).
+    cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
+        .map_err(io)?;
+    cpio.file("etc/group", 0o644, b"root:x:0:\n").map_err(io)?;
+    for (guest, binary, libraries) in &payload.tools {
+        add(&mut cpio, guest, binary)?;
+        for library in libraries {
+            add(&mut cpio, &library.to_string_lossy(), library)?;
+        }
+    }
+    for (index, module) in modules.iter().enumerate() {
+        let name = format!("modules/{index:02}-{}.ko", module.name);
+        cpio.file(&name, 0o644, &module.image).map_err(io)?;
+    }
+    add(&mut cpio, "sluice/mesh-agent", &payload.agent)?;
+    add(&mut cpio, "sluice/sluice-testapp", &payload.testapp)?;
+    for (name, binary) in &payload.suites {
+        add(&mut cpio, &format!("sluice/tests/{name}"), binary)?;
+    }
+    cpio.finish().map_err(io)?;
+    Ok(())
+}
+
+/// Adds a host file (symlinks followed) as a regular file; libraries keep their host path,
+/// where the host's loader and binaries look for them.
+fn add<W: std::io::Write>(cpio: &mut cpio::Writer<W>, guest: &str, host: &Path) -> Result<()> {
+    let data = fs::read(host).with_context(|| format!("cannot read {}", host.display()))?;
+    cpio.file(guest, 0o755, &data)
+        .with_context(|| format!("cannot add {} to the initramfs", host.display()))
+}
+
+/// Single-quotes `word` for the guest's shell.
+fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// The guest's `/init`. Runs as PID 1 under busybox sh; every path the test bed needs is a
+/// fresh mount: /run/netns for `ip netns`, cgroup2 at /sys/fs/cgroup, bpffs at /sys/fs/bpf.
+/// It never exits (that would panic the kernel): it powers off, and the host reads markers.
+fn init_script(payload: &Payload) -> String {
+    let args: Vec<String> = payload.test_args.iter().map(|arg| quote(arg)).collect();
+    let args = args.join(" ");
+    let mut suites = String::new();
+    for (name, _) in &payload.suites {
+        suites.push_str(&format!("run_suite {} {args}\n", quote(name)));
+    }
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mkdir -p /run/netns
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+echo "{boot} $(uname -r)"
+if grep -qw {probe_arg} /proc/cmdline; then
+  echo "{probe_ok}"
+  poweroff -f
+fi
+for module in /modules/*.ko; do
+  [ -e "$module" ] || continue
+  insmod "$module" || echo "{note} insmod $module failed"
+done
+ip link set lo up
+echo "{features} begin"
+bpftool feature probe kernel 2>&1 | awk '
+  /^eBPF helpers supported for program type/ {{ section = $NF; sub(":", "", section); next }}
+  /^\t- / {{ if (section ~ /^({prog_types})$/) print "{features} helper " section " " $2; next }}
+  /program_type|map_type/ {{ section = ""; print "{features} " $0; next }}
+  {{ section = "" }}'
+echo "{features} end"
+export SLUICE_AGENT_BIN=/sluice/mesh-agent SLUICE_TESTAPP_BIN=/sluice/sluice-testapp
+export RUST_BACKTRACE=1
+cd /tmp
+worst=0
+run_suite() {{
+  name=$1; shift
+  echo "{suite_begin} $name"
+  start=$(date +%s)
+  "/sluice/tests/$name" --test-threads=1 "$@"
+  status=$?
+  echo "{suite_end} $name exit=$status seconds=$(( $(date +%s) - start ))"
+  [ "$status" -eq 0 ] || worst=$status
+}}
+{suites}echo "{done} exit=$worst"
+sync
+poweroff -f
+"#,
+        boot = marker::BOOT,
+        probe_arg = PROBE_ARG,
+        probe_ok = marker::PROBE_OK,
+        note = marker::NOTE,
+        features = marker::FEATURE,
+        prog_types = super::report::prog_types().join("|"),
+        suite_begin = marker::SUITE_BEGIN,
+        suite_end = marker::SUITE_END,
+        done = marker::DONE,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_runs_each_suite_single_threaded_with_quoted_args() {
+        let payload = Payload {
+            busybox: PathBuf::new(),
+            tools: Vec::new(),
+            agent: PathBuf::new(),
+            testapp: PathBuf::new(),
+            suites: vec![("outbound".into(), PathBuf::new())],
+            test_args: vec!["it's".into()],
+        };
+        let script = init_script(&payload);
+        assert!(script.contains("run_suite 'outbound' 'it'\\''s'\n"));
+        assert!(script.contains("--test-threads=1"));
+        assert!(script.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
+    }
+}

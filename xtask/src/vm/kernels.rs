@@ -1,0 +1,313 @@
+//! Debian's cloud kernels: which suite carries which kernel, fetching and unpacking the
+//! package once (cached under `target/vm/kernels/`), and the modules the tests need from it.
+//!
+//! The cloud flavour has BPF and cgroup support built in and boots quickly under QEMU; veth,
+//! bridge and most network drivers are modules, so they come from the same package.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::apt::{self, Apt};
+use crate::cmd;
+
+/// The modules the test bed needs (veth pairs into a bridge); their dependencies (stp, llc)
+/// are resolved from each module's `depends=`.
+pub const NEEDED_MODULES: &[&str] = &["veth", "bridge"];
+
+/// A kernel line the matrix covers, and the Debian suites that carry it (first that has it
+/// wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLine {
+    pub label: &'static str,
+    pub suites: &'static [&'static str],
+}
+
+pub const LINES: &[KernelLine] = &[
+    KernelLine {
+        label: "5.10",
+        suites: &["bullseye"],
+    },
+    KernelLine {
+        label: "6.1",
+        suites: &["bookworm"],
+    },
+    KernelLine {
+        label: "6.12",
+        suites: &["trixie", "bookworm-backports"],
+    },
+];
+
+/// The metapackage that points at the current cloud kernel of a suite.
+const METAPACKAGE: &str = "linux-image-cloud-amd64";
+
+/// An unpacked kernel package.
+pub struct Kernel {
+    pub line: KernelLine,
+    /// The package's full name, e.g. `linux-image-5.10.0-32-cloud-amd64`, for reports.
+    pub package: String,
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/<release>` inside the unpacked package.
+    pub modules_dir: PathBuf,
+}
+
+/// Returns the unpacked kernel for `line`, fetching it only when the cache has none. Delete
+/// `target/vm/kernels/<line>` to pick up a newer package.
+pub fn fetch(line: KernelLine, cache: &Path, mirror: &str) -> Result<Kernel> {
+    let dir = cache.join(line.label);
+    let prefix = format!("linux-image-{}.", line.label);
+    let deb = match cached_deb(&dir, &prefix)? {
+        Some(deb) => deb,
+        None => download(line, &dir, mirror, &prefix)?,
+    };
+    let root = dir.join("root");
+    let stamp = dir.join("root.done");
+    if !stamp.is_file() {
+        if root.exists() {
+            fs::remove_dir_all(&root)
+                .with_context(|| format!("cannot remove {}", root.display()))?;
+        }
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+            .with_context(|| format!("cannot unpack {}", deb.display()))?;
+        fs::write(&stamp, "").with_context(|| format!("cannot write {}", stamp.display()))?;
+    }
+    let package = deb
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.split('_').next())
+        .context("kernel .deb has no name")?
+        .to_owned();
+    let vmlinuz = find_prefixed(&root.join("boot"), "vmlinuz-")?;
+    let release = vmlinuz
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_prefix("vmlinuz-"))
+        .context("kernel image has no release in its name")?
+        .to_owned();
+    // Newer packages ship /usr/lib/modules (merged /usr), older ones /lib/modules.
+    let modules_dir = ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .map(|base| root.join(base).join(&release))
+        .find(|dir| dir.is_dir())
+        .with_context(|| format!("{package} has no lib/modules/{release}"))?;
+    Ok(Kernel {
+        line,
+        package,
+        vmlinuz,
+        modules_dir,
+    })
+}
+
+fn cached_deb(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(prefix) && name.ends_with(".deb") {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
+/// Resolves the metapackage in the first suite that has this kernel line and downloads the
+/// image package it points at.
+fn download(line: KernelLine, dir: &Path, mirror: &str, prefix: &str) -> Result<PathBuf> {
+    apt::require_apt()?;
+    let mut seen = Vec::new();
+    for suite in line.suites {
+        let apt = Apt::new(&dir.join("apt").join(suite), mirror, suite)?;
+        apt.update()?;
+        let package = apt.first_dependency(METAPACKAGE)?;
+        if package.starts_with(prefix) {
+            return apt.download(&package, dir);
+        }
+        seen.push(format!("{suite}: {package}"));
+    }
+    bail!(
+        "no suite carries a {} cloud kernel at {mirror} (found {})",
+        line.label,
+        seen.join(", ")
+    )
+}
+
+fn find_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf> {
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            return Ok(entry.path());
+        }
+    }
+    bail!("no {prefix}* in {}", dir.display())
+}
+
+/// A module ready for `insmod`: its name and uncompressed contents.
+pub struct Module {
+    pub name: String,
+    pub image: Vec<u8>,
+}
+
+impl Kernel {
+    /// `wanted` and what they depend on, dependencies first, decompressed on the host so the
+    /// guest's busybox `insmod` needs no xz or zstd support. Built-in modules are skipped.
+    pub fn modules(&self, wanted: &[&str]) -> Result<Vec<Module>> {
+        let mut files = BTreeMap::new();
+        index_modules(&self.modules_dir.join("kernel"), &mut files)?;
+        let builtin =
+            fs::read_to_string(self.modules_dir.join("modules.builtin")).unwrap_or_default();
+        let mut ordered = Vec::new();
+        for name in wanted {
+            self.add_module(name, &files, &builtin, &mut ordered, 0)?;
+        }
+        Ok(ordered)
+    }
+
+    fn add_module(
+        &self,
+        name: &str,
+        files: &BTreeMap<String, PathBuf>,
+        builtin: &str,
+        ordered: &mut Vec<Module>,
+        depth: usize,
+    ) -> Result<()> {
+        let name = module_key(name);
+        if ordered.iter().any(|module| module.name == name) {
+            return Ok(());
+        }
+        let Some(path) = files.get(&name) else {
+            let built_in = builtin
+                .lines()
+                .filter_map(|line| line.rsplit('/').next())
+                .any(|file| module_key(file.trim_end_matches(".ko")) == name);
+            if built_in {
+                return Ok(());
+            }
+            bail!(
+                "module {name} is neither in {} nor built into {}",
+                self.modules_dir.display(),
+                self.package
+            );
+        };
+        if depth > 16 {
+            bail!("module dependencies of {name} nest too deep (a cycle?)");
+        }
+        let image = decompress(path)?;
+        for dep in depends(&image) {
+            self.add_module(&dep, files, builtin, ordered, depth + 1)?;
+        }
+        ordered.push(Module { name, image });
+        Ok(())
+    }
+}
+
+/// Module names treat `-` and `_` alike.
+fn module_key(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn index_modules(dir: &Path, files: &mut BTreeMap<String, PathBuf>) -> Result<()> {
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let path = entry.path();
+        if path.is_dir() {
+            index_modules(&path, files)?;
+        } else if let Some(file) = path.file_name().and_then(|name| name.to_str())
+            && let Some((stem, _)) = file.split_once(".ko")
+        {
+            files.insert(module_key(stem), path);
+        }
+    }
+    Ok(())
+}
+
+fn decompress(path: &Path) -> Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".ko.xz") {
+        "xz"
+    } else if name.ends_with(".ko.zst") {
+        "zstd"
+    } else if name.ends_with(".ko.gz") {
+        "gzip"
+    } else {
+        return fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    };
+    let out = Command::new(tool)
+        .args(["-d", "-c"])
+        .arg(path)
+        .output()
+        .with_context(|| format!("cannot run {tool} to decompress {}", path.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{tool} could not decompress {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// The `depends=a,b` entry of a module's `.modinfo` section (null-terminated strings).
+fn depends(image: &[u8]) -> Vec<String> {
+    image
+        .split(|&byte| byte == 0)
+        .find_map(|field| field.strip_prefix(b"depends="))
+        .map(|list| {
+            String::from_utf8_lossy(list)
+                .split(',')
+                .filter(|dep| !dep.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The lines selected by `--kernel`.
+pub fn select(which: &str) -> Result<Vec<KernelLine>> {
+    if which == "all" {
+        return Ok(LINES.to_vec());
+    }
+    let mut picked = Vec::new();
+    for label in which.split(',') {
+        let line = LINES
+            .iter()
+            .find(|line| line.label == label.trim())
+            .with_context(|| {
+                let known: Vec<_> = LINES.iter().map(|line| line.label).collect();
+                format!(
+                    "unknown kernel {label:?}; choose from {} or all",
+                    known.join(", ")
+                )
+            })?;
+        picked.push(*line);
+    }
+    Ok(picked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_depends_from_modinfo() {
+        let image = b"\x7fELF..\0license=GPL\0depends=stp,llc\0vermagic=5.10\0";
+        assert_eq!(depends(image), ["stp", "llc"]);
+        assert!(depends(b"\0depends=\0").is_empty());
+    }
+
+    #[test]
+    fn selects_kernel_lines() {
+        assert_eq!(select("all").map(|l| l.len()).ok(), Some(3));
+        let picked = select("5.10,6.12").ok().unwrap_or_default();
+        let labels: Vec<_> = picked.iter().map(|l| l.label).collect();
+        assert_eq!(labels, ["5.10", "6.12"]);
+        assert!(select("4.19").is_err());
+    }
+}
