@@ -9,7 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tests::bpf;
 use tests::pod::finish_dial;
-use tests::{Agent, AgentConfig, ConnResult, DialOpts, Node, Pod, Workload, delta, poll_until};
+use tests::{
+    Agent, AgentConfig, ConnResult, DialOpts, Node, Pod, Server, Workload, delta, poll_until,
+};
 
 const MIB: u64 = 1024 * 1024;
 const OPENED: &str = "istio_tcp_connections_opened_total";
@@ -44,6 +46,18 @@ fn assert_transparent(r: &ConnResult, from: IpAddr, to: SocketAddr) {
     );
 }
 
+/// The shape most scenarios share: enrolled `client-a`, and `server-b` (known to the agent,
+/// not enrolled) serving on 8080.
+fn client_and_server(node: &Node) -> (Pod, Pod, Server, AgentConfig) {
+    let a = node.add_pod("client-a").unwrap();
+    let b = node.add_pod("server-b").unwrap();
+    let server = b.serve(8080, "server-b").unwrap();
+    let cfg = AgentConfig::new(node)
+        .with(Workload::enrolled(&a))
+        .with(Workload::known(&b));
+    (a, b, server, cfg)
+}
+
 fn opened_from(agent: &Agent, source: &str) -> f64 {
     agent
         .metrics()
@@ -59,12 +73,7 @@ fn counters(agent: &Agent) -> BTreeMap<String, u64> {
 #[test]
 fn enrolled_pod_is_captured_end_to_end() {
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let server = b.serve(8080, "server-b").unwrap();
-    let cfg = AgentConfig::new(&node)
-        .with(Workload::enrolled(&a))
-        .with(Workload::known(&b));
+    let (a, b, server, cfg) = client_and_server(&node);
     let agent = Agent::start(&node, cfg).unwrap();
 
     let before = counters(&agent);
@@ -98,12 +107,7 @@ fn enrolled_pod_is_captured_end_to_end() {
 #[test]
 fn tcp_metrics_name_workloads_and_count_bytes() {
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let _server = b.serve(8080, "server-b").unwrap();
-    let cfg = AgentConfig::new(&node)
-        .with(Workload::enrolled(&a))
-        .with(Workload::known(&b));
+    let (a, b, _server, cfg) = client_and_server(&node);
     let agent = Agent::start(&node, cfg).unwrap();
 
     let r = a.dial_one(addr(b.ip(), 8080), MIB).unwrap();
@@ -281,12 +285,7 @@ fn concurrent_connections_reach_their_destinations() {
 #[test]
 fn agent_upstream_is_not_recaptured() {
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let server = b.serve(8080, "server-b").unwrap();
-    let cfg = AgentConfig::new(&node)
-        .with(Workload::enrolled(&a))
-        .with(Workload::known(&b));
+    let (a, b, server, cfg) = client_and_server(&node);
     let agent = Agent::start(&node, cfg).unwrap();
 
     let before = counters(&agent);
@@ -316,12 +315,7 @@ fn agent_upstream_is_not_recaptured() {
 #[test]
 fn dialling_the_proxy_port_is_refused_not_looped() {
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let _server = b.serve(8080, "server-b").unwrap();
-    let cfg = AgentConfig::new(&node)
-        .with(Workload::enrolled(&a))
-        .with(Workload::known(&b));
+    let (a, b, _server, cfg) = client_and_server(&node);
     let agent = Agent::start(&node, cfg).unwrap();
 
     let listeners: Vec<SocketAddr> = a
@@ -399,12 +393,7 @@ fn upstream_refusal_is_a_reset() {
 #[test]
 fn config_reload_stops_and_resumes_capture() {
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let _server = b.serve(8080, "server-b").unwrap();
-    let full = AgentConfig::new(&node)
-        .with(Workload::enrolled(&a))
-        .with(Workload::known(&b));
+    let (a, b, _server, full) = client_and_server(&node);
     let mut agent = Agent::start(&node, full.clone()).unwrap();
     let target = addr(b.ip(), 8080);
 
@@ -448,12 +437,7 @@ fn config_reload_stops_and_resumes_capture() {
 #[test]
 fn cleanup_leaves_no_pins_or_programs() {
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let _server = b.serve(8080, "server-b").unwrap();
-    let cfg = AgentConfig::new(&node)
-        .with(Workload::enrolled(&a))
-        .with(Workload::known(&b));
+    let (a, b, _server, cfg) = client_and_server(&node);
     let pin_dir = cfg.pin_dir();
     let mut agent = Agent::start(&node, cfg).unwrap();
 
@@ -512,12 +496,7 @@ fn container_cgroup_of_enrolled_pod_is_captured() {
 #[test]
 fn orig_dst_entries_are_deleted_on_close() {
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let _server = b.serve(8080, "server-b").unwrap();
-    let cfg = AgentConfig::new(&node)
-        .with(Workload::enrolled(&a))
-        .with(Workload::known(&b));
+    let (a, b, _server, cfg) = client_and_server(&node);
     let agent = Agent::start(&node, cfg).unwrap();
 
     let before = counters(&agent);
@@ -557,12 +536,7 @@ fn orig_dst_entries_are_deleted_on_close() {
 #[test]
 fn bad_config_keeps_the_old_one() {
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let _server = b.serve(8080, "server-b").unwrap();
-    let cfg = AgentConfig::new(&node)
-        .with(Workload::enrolled(&a))
-        .with(Workload::known(&b));
+    let (a, b, _server, cfg) = client_and_server(&node);
     let agent = Agent::start(&node, cfg).unwrap();
 
     agent
