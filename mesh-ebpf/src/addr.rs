@@ -1,5 +1,42 @@
 //! Address helpers over the kernel's network-order 32-bit words.
+use core::ptr::{read_volatile, write_volatile};
+
 use mesh_common::Cidr;
+
+/// Reads a 4-word IPv6 address field of a program context, one volatile 32-bit access per
+/// word: LLVM would otherwise merge the loads into wider ones the verifier refuses.
+///
+/// # Safety
+/// `field` must point into the program's context.
+#[inline(always)]
+pub unsafe fn read_words(field: *const [u32; 4]) -> [u32; 4] {
+    let p = field.cast::<u32>();
+    // SAFETY: the caller guarantees four readable words.
+    unsafe {
+        [
+            read_volatile(p),
+            read_volatile(p.add(1)),
+            read_volatile(p.add(2)),
+            read_volatile(p.add(3)),
+        ]
+    }
+}
+
+/// Writes a 4-word IPv6 address field of a program context, one 32-bit store per word.
+///
+/// # Safety
+/// `field` must point at a writable field of the program's context.
+#[inline(always)]
+pub unsafe fn write_words(field: *mut [u32; 4], value: &[u32; 4]) {
+    let p = field.cast::<u32>();
+    // SAFETY: the caller guarantees four writable words.
+    unsafe {
+        write_volatile(p, value[0]);
+        write_volatile(p.add(1), value[1]);
+        write_volatile(p.add(2), value[2]);
+        write_volatile(p.add(3), value[3]);
+    }
+}
 
 /// Is this IPv4 address (network order) in 127.0.0.0/8?
 #[inline(always)]

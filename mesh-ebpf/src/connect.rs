@@ -20,7 +20,7 @@ use mesh_common::{
 };
 
 use crate::{
-    addr::{cidr_contains, is_loopback_v4, is_loopback_v6},
+    addr::{cidr_contains, is_loopback_v4, is_loopback_v6, read_words, write_words},
     counters::count,
     maps::{ENROLLED, ORIG_BY_COOKIE},
 };
@@ -131,10 +131,7 @@ fn read_destination(sa: *mut bpf_sock_addr, family: u16) -> OrigDst {
         if family == AF_INET {
             addr[0] = read_volatile(&(*sa).user_ip4);
         } else {
-            addr[0] = read_volatile(&(*sa).user_ip6[0]);
-            addr[1] = read_volatile(&(*sa).user_ip6[1]);
-            addr[2] = read_volatile(&(*sa).user_ip6[2]);
-            addr[3] = read_volatile(&(*sa).user_ip6[3]);
+            addr = read_words(&raw const (*sa).user_ip6);
         }
         OrigDst { family, port, addr }
     }
@@ -147,10 +144,7 @@ fn rewrite_destination(sa: *mut bpf_sock_addr, family: u16, pod: &PodCapture) {
         if family == AF_INET {
             write_volatile(&mut (*sa).user_ip4, pod.listener_v4);
         } else {
-            write_volatile(&mut (*sa).user_ip6[0], pod.listener_v6[0]);
-            write_volatile(&mut (*sa).user_ip6[1], pod.listener_v6[1]);
-            write_volatile(&mut (*sa).user_ip6[2], pod.listener_v6[2]);
-            write_volatile(&mut (*sa).user_ip6[3], pod.listener_v6[3]);
+            write_words(&raw mut (*sa).user_ip6, &pod.listener_v6);
         }
         write_volatile(
             &mut (*sa).user_port,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use mesh_common::{AF_INET, AF_INET6, Counter};
 
-use crate::{counters::count, maps::ORIG_BY_COOKIE};
+use crate::{addr::write_words, counters::count, maps::ORIG_BY_COOKIE};
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
@@ -40,10 +40,7 @@ fn restore(ctx: &SockAddrContext, family: u16) {
         if family == AF_INET {
             write_volatile(&mut (*sa).user_ip4, orig.addr[0]);
         } else {
-            write_volatile(&mut (*sa).user_ip6[0], orig.addr[0]);
-            write_volatile(&mut (*sa).user_ip6[1], orig.addr[1]);
-            write_volatile(&mut (*sa).user_ip6[2], orig.addr[2]);
-            write_volatile(&mut (*sa).user_ip6[3], orig.addr[3]);
+            write_words(&raw mut (*sa).user_ip6, &orig.addr);
         }
         write_volatile(&mut (*sa).user_port, u32::from(orig.port));
     }

@@ -24,6 +24,7 @@ use aya_ebpf::{
 use mesh_common::{AF_INET, AF_INET6, ConnTuple, Counter};
 
 use crate::{
+    addr::read_words,
     counters::count,
     maps::{ORIG_BY_COOKIE, ORIG_BY_TUPLE},
 };
@@ -118,14 +119,8 @@ fn tuple(ops: *mut bpf_sock_ops, from_listener: bool) -> Option<ConnTuple> {
             local[0] = read_volatile(&(*ops).local_ip4);
             remote[0] = read_volatile(&(*ops).remote_ip4);
         } else if family == AF_INET6 {
-            local[0] = read_volatile(&(*ops).local_ip6[0]);
-            local[1] = read_volatile(&(*ops).local_ip6[1]);
-            local[2] = read_volatile(&(*ops).local_ip6[2]);
-            local[3] = read_volatile(&(*ops).local_ip6[3]);
-            remote[0] = read_volatile(&(*ops).remote_ip6[0]);
-            remote[1] = read_volatile(&(*ops).remote_ip6[1]);
-            remote[2] = read_volatile(&(*ops).remote_ip6[2]);
-            remote[3] = read_volatile(&(*ops).remote_ip6[3]);
+            local = read_words(&raw const (*ops).local_ip6);
+            remote = read_words(&raw const (*ops).remote_ip6);
         } else {
             return None;
         }

@@ -6,7 +6,7 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use mesh_common::{AF_INET, AF_INET6, ConnTuple, Counter};
 
-use crate::{counters::count, maps::ORIG_BY_TUPLE};
+use crate::{addr::read_words, counters::count, maps::ORIG_BY_TUPLE};
 
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
@@ -45,14 +45,8 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
             local[0] = read_volatile(&(*sk).src_ip4);
             remote[0] = read_volatile(&(*sk).dst_ip4);
         } else if family == AF_INET6 {
-            local[0] = read_volatile(&(*sk).src_ip6[0]);
-            local[1] = read_volatile(&(*sk).src_ip6[1]);
-            local[2] = read_volatile(&(*sk).src_ip6[2]);
-            local[3] = read_volatile(&(*sk).src_ip6[3]);
-            remote[0] = read_volatile(&(*sk).dst_ip6[0]);
-            remote[1] = read_volatile(&(*sk).dst_ip6[1]);
-            remote[2] = read_volatile(&(*sk).dst_ip6[2]);
-            remote[3] = read_volatile(&(*sk).dst_ip6[3]);
+            local = read_words(&raw const (*sk).src_ip6);
+            remote = read_words(&raw const (*sk).dst_ip6);
         } else {
             return PASS;
         }
