@@ -8,6 +8,13 @@
 
 /// Port of the outbound listener the agent opens inside every enrolled pod's netns.
 pub const OUTBOUND_LISTENER_PORT: u16 = 15001;
+/// Port of the inbound plaintext listener inside every enrolled pod's netns.
+pub const INBOUND_LISTENER_PORT: u16 = 15006;
+/// Port of the inbound mTLS tunnel inside every enrolled pod's netns.
+pub const TUNNEL_PORT: u16 = 15008;
+/// `SO_MARK` on every socket the proxy dials, so netfilter rules can tell the proxy's own
+/// traffic from the app's.
+pub const PROXY_MARK: u32 = 0x539;
 
 /// Most excluded ports one pod may carry (the map value is fixed-size).
 pub const MAX_EXCLUDED_PORTS: usize = 16;

@@ -8,9 +8,9 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter},
 };
 
-use crate::redirect::Redirect;
+use crate::redirect::{Redirect as _, router::Router};
 
-pub struct RedirectCounters(pub Arc<dyn Redirect>);
+pub struct RedirectCounters(pub Arc<Router>);
 
 impl std::fmt::Debug for RedirectCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -20,10 +20,9 @@ impl std::fmt::Debug for RedirectCounters {
 
 impl Collector for RedirectCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let prefix = self.0.mode().as_str();
         for (name, value) in self.0.counters() {
-            let metric_name = format!("sluice_{prefix}_{name}");
-            let help = format!("Steering decisions of kind '{name}'");
+            let metric_name = format!("sluice_{name}");
+            let help = format!("Steering: {}", name.replace('_', " "));
             let metric =
                 encoder.encode_descriptor(&metric_name, &help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(metric)?;

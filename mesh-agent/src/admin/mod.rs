@@ -14,12 +14,19 @@ use hyper::{Method, StatusCode};
 use tokio::sync::watch;
 
 use self::http::Response;
-use crate::{config::Config, logging::LogControl, metrics::Metrics, redirect::Redirect};
+use crate::{
+    config::{Config, RedirectMode},
+    logging::LogControl,
+    metrics::Metrics,
+    redirect::{Redirect as _, router::Router},
+};
 
 /// What the endpoints read.
 pub struct AdminState {
     pub config: watch::Receiver<Arc<Config>>,
-    pub redirect: Arc<dyn Redirect>,
+    pub redirect: Arc<Router>,
+    /// Why the node runs the mode it runs.
+    pub redirect_reason: String,
     pub metrics: Arc<Metrics>,
     pub logs: Arc<LogControl>,
     pub ready: Arc<AtomicBool>,
@@ -58,19 +65,31 @@ fn admin(state: &AdminState, method: &Method, path: &str, query: Option<&str>) -
     match (method, path) {
         (&Method::GET, "/") => Response::text(
             StatusCode::OK,
-            "/config_dump   configuration in force and captured pods\n\
-             /debug/ebpf    steering state: counters, enrollment and connection maps\n\
+            "/config_dump     configuration in force, redirect mode and why, captured pods\n\
+             /debug/ebpf      eBPF steering: counters, enrollment and connection maps\n\
+             /debug/redirect  every redirect mode running here\n\
              /logging       GET: current filter; POST ?level=<filter>: change it\n",
         ),
         (&Method::GET, "/config_dump") => {
             let config = state.config.borrow().clone();
             Response::json(&serde_json::json!({
                 "config": *config,
-                "redirectMode": state.redirect.mode(),
+                "redirect": {
+                    "nodeMode": state.redirect.node_mode(),
+                    "reason": state.redirect_reason,
+                    "running": state.redirect.modes().collect::<Vec<_>>(),
+                },
                 "capturedPods": (state.pods)(),
             }))
         }
-        (&Method::GET, "/debug/ebpf") => Response::json(&state.redirect.debug_dump()),
+        (&Method::GET, "/debug/ebpf") => match state.redirect.mode_dump(RedirectMode::Ebpf) {
+            Some(dump) => Response::json(&dump),
+            None => Response::text(
+                StatusCode::NOT_FOUND,
+                "eBPF steering is not running on this node\n",
+            ),
+        },
+        (&Method::GET, "/debug/redirect") => Response::json(&state.redirect.debug_dump()),
         (&Method::GET, "/logging") => {
             Response::text(StatusCode::OK, format!("{}\n", state.logs.current()))
         }

@@ -4,18 +4,18 @@
 //! a pod's listeners open before steering starts, and steering stops before they close.
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
+use anyhow::Context as _;
 use serde::Serialize;
 use tracing::{error, info};
 
 use crate::{
-    config::{Config, Workload, WorkloadKey},
+    config::{Config, RedirectMode, Workload, WorkloadKey},
     metrics::Metrics,
     proxy::{
         ProxyContext,
         outbound::{Pod, PodListeners},
     },
-    redirect::{CaptureSpec, Redirect},
-    state::ListenerAddrs,
+    redirect::{CaptureSpec, Redirect, router::Router},
     sys::netns::Netns,
 };
 
@@ -23,7 +23,6 @@ use crate::{
 struct Captured {
     workload: Workload,
     spec: CaptureSpec,
-    listeners: Vec<SocketAddr>,
     _open: PodListeners,
 }
 
@@ -32,29 +31,22 @@ struct Captured {
 #[serde(rename_all = "camelCase")]
 pub struct CapturedView {
     pub workload: WorkloadKey,
-    pub listeners: Vec<SocketAddr>,
     pub capture: CaptureSpec,
 }
 
 pub struct Enrollment {
-    redirect: Arc<dyn Redirect>,
+    redirect: Arc<Router>,
     proxy: Arc<ProxyContext>,
     metrics: Arc<Metrics>,
-    addrs: ListenerAddrs,
     pods: BTreeMap<WorkloadKey, Captured>,
 }
 
 impl Enrollment {
-    pub fn new(
-        redirect: Arc<dyn Redirect>,
-        proxy: Arc<ProxyContext>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(redirect: Arc<Router>, proxy: Arc<ProxyContext>, metrics: Arc<Metrics>) -> Self {
         Self {
             redirect,
             proxy,
             metrics,
-            addrs: ListenerAddrs::default(),
             pods: BTreeMap::new(),
         }
     }
@@ -68,22 +60,24 @@ impl Enrollment {
             .filter(|w| w.enrolled)
             .map(|w| (w.key(), w))
             .collect();
-        let gone: Vec<WorkloadKey> = self
+        let stale: Vec<WorkloadKey> = self
             .pods
-            .keys()
-            .filter(|k| !desired.contains_key(*k))
-            .cloned()
+            .iter()
+            .filter(|(key, pod)| {
+                desired
+                    .get(*key)
+                    .is_none_or(|w| !only_exclusions_differ(&pod.workload, w))
+            })
+            .map(|(key, _)| key.clone())
             .collect();
-        for key in gone {
+        for key in stale {
             self.remove(&key);
         }
         for (key, workload) in desired {
             match self.pods.get(&key) {
                 Some(current) if current.workload == *workload => {}
-                Some(current) if only_exclusions_differ(&current.workload, workload) => {
-                    self.update_exclusions(&key, workload)
-                }
-                _ => self.replace(key, workload),
+                Some(_) => self.update_exclusions(&key, workload),
+                None => self.add(key, workload),
             }
         }
         self.metrics.enrolled_pods.set(self.pods.len() as i64);
@@ -94,24 +88,25 @@ impl Enrollment {
             .iter()
             .map(|(key, pod)| CapturedView {
                 workload: key.clone(),
-                listeners: pod.listeners.clone(),
                 capture: pod.spec.clone(),
             })
             .collect()
     }
 
-    /// Starts capturing `workload`; a previous version of it is swapped out without a gap
-    /// (the new listeners are open and steered to before the old ones close).
-    fn replace(&mut self, key: WorkloadKey, workload: &Workload) {
+    /// Drops steering that no captured pod accounts for (left by an earlier agent for pods
+    /// that are gone), so nothing is steered to listeners nobody serves.
+    pub fn drop_stale_steering(&self) {
+        let keep: Vec<&CaptureSpec> = self.pods.values().map(|p| &p.spec).collect();
+        if let Err(err) = self.redirect.retain_only(&keep) {
+            error!("cannot drop stale steering: {err}");
+        }
+    }
+
+    fn add(&mut self, key: WorkloadKey, workload: &Workload) {
         match self.capture(workload) {
             Ok(captured) => {
-                info!(pod = %key, listeners = ?captured.listeners, "pod enrolled");
-                if let Some(old) = self.pods.insert(key, captured) {
-                    self.addrs.release(old.spec.listener_v4);
-                    if old.spec.cgroup != workload.cgroup.clone().unwrap_or_default() {
-                        self.release_steering(&old.spec);
-                    }
-                }
+                info!(pod = %key, mode = %captured.spec.mode, listeners = ?captured.spec.listeners, "pod enrolled");
+                self.pods.insert(key, captured);
             }
             Err(err) => {
                 self.metrics.enroll_failures.inc();
@@ -120,59 +115,56 @@ impl Enrollment {
         }
     }
 
-    fn capture(&mut self, workload: &Workload) -> anyhow::Result<Captured> {
-        use anyhow::Context as _;
+    fn capture(&self, workload: &Workload) -> anyhow::Result<Captured> {
         let (netns_path, cgroup) = match (&workload.netns, &workload.cgroup) {
             (Some(n), Some(c)) => (n, c),
             _ => anyhow::bail!("enrolled workload without netns or cgroup"),
         };
-        let netns = Netns::open(netns_path)?;
-        let listener_v4 = self
-            .addrs
-            .allocate()
-            .context("no free loopback listener address left on this node")?;
-        let listener_v6 = workload.ipv6().and_then(|ip| match ip {
-            std::net::IpAddr::V6(v6) => Some(v6),
-            std::net::IpAddr::V4(_) => None,
-        });
-        let port = mesh_common::OUTBOUND_LISTENER_PORT;
-        let mut listeners = vec![SocketAddr::from((listener_v4, port))];
-        listeners.extend(listener_v6.map(|v6| SocketAddr::from((v6, port))));
+        let mode = mode_of(workload, self.redirect.node_mode());
+        let ipv6 = workload.ipv6();
+        let key = workload.key();
+        let listeners: Vec<SocketAddr> = self
+            .redirect
+            .listeners(&key, mode, ipv6)
+            .with_context(|| format!("placing listeners for {mode} steering"))?;
         let spec = CaptureSpec {
-            key: workload.key(),
+            key,
+            mode,
+            netns: netns_path.clone(),
             cgroup: cgroup.clone(),
-            listener_v4,
-            listener_v6,
+            listeners: listeners.clone(),
             exclude_ports: workload.exclude_ports.clone(),
             exclude_cidrs: workload.exclude_cidrs.clone(),
         };
         let pod = Arc::new(Pod {
             workload: workload.clone(),
-            netns,
-            listeners: listeners.clone(),
+            netns: Netns::open(netns_path)?,
+            listeners,
         });
-        let result = PodListeners::open(pod, self.proxy.clone())
+        let open = PodListeners::open(pod, self.proxy.clone())
             .context("opening the pod's listeners")
             .and_then(|open| {
                 self.redirect
                     .enroll(&spec)
-                    .context("starting steering")
+                    .with_context(|| format!("starting {mode} steering"))
                     .map(|()| open)
             });
-        match result {
+        match open {
             Ok(open) => Ok(Captured {
                 workload: workload.clone(),
                 spec,
-                listeners,
                 _open: open,
             }),
             Err(err) => {
-                self.addrs.release(listener_v4);
+                // Undo whatever part of steering started (and free the listener address).
+                self.release_steering(&spec);
                 Err(err)
             }
         }
     }
 
+    /// Exclusions change in place: the mode's enroll overwrites its state atomically, so
+    /// the pod is never uncaptured in between.
     fn update_exclusions(&mut self, key: &WorkloadKey, workload: &Workload) {
         let Some(pod) = self.pods.get_mut(key) else {
             return;
@@ -196,7 +188,6 @@ impl Enrollment {
     fn remove(&mut self, key: &WorkloadKey) {
         if let Some(pod) = self.pods.remove(key) {
             self.release_steering(&pod.spec);
-            self.addrs.release(pod.spec.listener_v4);
             info!(pod = %key, "pod released");
             // Dropping `pod` closes its listeners, after steering stopped.
         }
@@ -207,20 +198,17 @@ impl Enrollment {
             error!(pod = %spec.key, "cannot stop steering: {err}");
         }
     }
-
-    /// Drops steering that no captured pod accounts for (left by an earlier agent for pods
-    /// that are gone), so nothing is steered to listeners nobody serves.
-    pub fn drop_stale_steering(&self) {
-        let keep: Vec<&CaptureSpec> = self.pods.values().map(|p| &p.spec).collect();
-        if let Err(err) = self.redirect.retain_only(&keep) {
-            error!("cannot drop stale steering: {err}");
-        }
-    }
 }
 
+/// True when `a` and `b` differ at most in their exclusions (which can change in place).
 fn only_exclusions_differ(a: &Workload, b: &Workload) -> bool {
     let mut a = a.clone();
     a.exclude_ports = b.exclude_ports.clone();
     a.exclude_cidrs = b.exclude_cidrs.clone();
     a == *b
+}
+
+/// Which mode a workload uses on a node running `node_mode`.
+pub fn mode_of(workload: &Workload, node_mode: RedirectMode) -> RedirectMode {
+    workload.redirect_mode.unwrap_or(node_mode)
 }

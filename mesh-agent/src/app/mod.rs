@@ -3,6 +3,7 @@
 mod enrollment;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::Path,
     sync::{
         Arc, Mutex,
@@ -17,13 +18,16 @@ use tracing::{error, info, warn};
 use self::enrollment::Enrollment;
 use crate::{
     admin::{self, AdminState, RedirectCounters},
-    config::{Config, ConfigSource, FileSource},
+    check,
+    config::{Config, ConfigSource, FileSource, ModeSetting, RedirectMode},
     logging::LogControl,
     metrics::Metrics,
     proxy::ProxyContext,
     redirect::{
         Redirect,
         ebpf::{EbpfRedirect, EbpfSettings},
+        netfilter::NetfilterRedirect,
+        router::Router,
     },
     sys::{mounts, netns},
 };
@@ -43,11 +47,11 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     let config = configs.borrow_and_update().clone();
     info!(node = %config.node, path = %config_path.display(), "starting");
 
-    let redirect: Arc<dyn Redirect> =
-        Arc::new(EbpfRedirect::start(ebpf_settings(&config)?).context("starting eBPF steering")?);
+    let (node_mode, reason) = node_mode(&config)?;
+    info!(mode = %node_mode, reason, "redirect mode");
+    let redirect = Arc::new(start_redirect(&config, node_mode)?);
     metrics.register_collector(Box::new(RedirectCounters(redirect.clone())));
-    metrics.set_redirect_mode(redirect.mode().as_str());
-    info!(mode = redirect.mode().as_str(), "redirect mode");
+    metrics.set_redirect_mode(node_mode.as_str());
 
     let proxy = ProxyContext::new(metrics.clone(), &config);
     let enrollment = Arc::new(Mutex::new(Enrollment::new(
@@ -66,6 +70,7 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     admin::serve(Arc::new(AdminState {
         config: configs.clone(),
         redirect: redirect.clone(),
+        redirect_reason: reason,
         metrics: metrics.clone(),
         logs: Arc::new(logs),
         ready: ready.clone(),
@@ -99,6 +104,54 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     }
     info!("stopping; steering stays pinned for the next agent");
     Ok(())
+}
+
+/// The node's mode: the forced one (trusted to work; starting it fails loudly if it cannot),
+/// or what `auto` resolves to after probing, with the reason.
+fn node_mode(config: &Config) -> anyhow::Result<(RedirectMode, String)> {
+    if let Some(mode) = config.redirect.mode.forced() {
+        return Ok((mode, format!("{mode} set in the configuration")));
+    }
+    let report = check::run(ModeSetting::Auto);
+    match report.chosen {
+        Some(mode) => Ok((mode, report.reason)),
+        None => anyhow::bail!("{}", report.reason),
+    }
+}
+
+/// Starts every mode the node and its pods' overrides use.
+fn start_redirect(config: &Config, node_mode: RedirectMode) -> anyhow::Result<Router> {
+    let modes: BTreeSet<RedirectMode> = std::iter::once(node_mode)
+        .chain(
+            config
+                .workloads
+                .iter()
+                .filter(|w| w.enrolled)
+                .map(|w| enrollment::mode_of(w, node_mode)),
+        )
+        .collect();
+    let mut running: BTreeMap<RedirectMode, Arc<dyn Redirect>> = BTreeMap::new();
+    for mode in modes {
+        let redirect: Arc<dyn Redirect> = match mode {
+            RedirectMode::Ebpf => Arc::new(
+                EbpfRedirect::start(ebpf_settings(config)?).context("starting eBPF steering")?,
+            ),
+            RedirectMode::Nftables | RedirectMode::Iptables => Arc::new(
+                NetfilterRedirect::new(mode)
+                    .with_context(|| format!("starting {mode} steering"))?,
+            ),
+        };
+        running.insert(mode, redirect);
+    }
+    if !running.contains_key(&RedirectMode::Ebpf) {
+        // Pinned programs of an earlier agent in eBPF mode would go on steering pods to
+        // listeners that no longer exist.
+        let pin_dir = config.bpffs_root.join(&config.node);
+        if crate::redirect::ebpf::cleanup(&pin_dir)? {
+            info!(pins = %pin_dir.display(), "removed eBPF steering an earlier agent left");
+        }
+    }
+    Ok(Router::new(node_mode, running))
 }
 
 fn lock(enrollment: &Mutex<Enrollment>) -> std::sync::MutexGuard<'_, Enrollment> {

@@ -8,7 +8,7 @@ mod file;
 mod model;
 
 pub use file::FileSource;
-pub use model::{Config, ProxySettings, Workload, WorkloadKey};
+pub use model::{Config, ModeSetting, ProxySettings, RedirectMode, Workload, WorkloadKey};
 
 use std::{path::PathBuf, sync::Arc};
 

@@ -23,7 +23,64 @@ pub struct Config {
     pub metrics_address: SocketAddr,
     pub readiness_address: SocketAddr,
     pub proxy: ProxySettings,
+    pub redirect: RedirectSettings,
     pub workloads: Vec<Workload>,
+}
+
+/// How pods are steered into the proxy, node-wide (a workload may override it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectSettings {
+    #[serde(default)]
+    pub mode: ModeSetting,
+}
+
+/// `auto` picks eBPF when this node can run it, else nftables, else iptables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeSetting {
+    #[default]
+    Auto,
+    Ebpf,
+    Nftables,
+    Iptables,
+}
+
+impl ModeSetting {
+    /// The mode asked for, or `None` for `auto`.
+    pub fn forced(self) -> Option<RedirectMode> {
+        match self {
+            ModeSetting::Auto => None,
+            ModeSetting::Ebpf => Some(RedirectMode::Ebpf),
+            ModeSetting::Nftables => Some(RedirectMode::Nftables),
+            ModeSetting::Iptables => Some(RedirectMode::Iptables),
+        }
+    }
+}
+
+/// A way of steering traffic into the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectMode {
+    Ebpf,
+    Nftables,
+    Iptables,
+}
+
+impl RedirectMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedirectMode::Ebpf => "ebpf",
+            RedirectMode::Nftables => "nftables",
+            RedirectMode::Iptables => "iptables",
+        }
+    }
+}
+
+impl fmt::Display for RedirectMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +117,8 @@ pub struct Workload {
     /// Absolute path of the pod's cgroup v2 directory.
     pub cgroup: Option<PathBuf>,
     pub enrolled: bool,
+    /// Overrides the node's redirect mode for this pod.
+    pub redirect_mode: Option<RedirectMode>,
     /// Destination ports never captured for this pod.
     pub exclude_ports: Vec<u16>,
     /// Destination CIDRs never captured for this pod.
@@ -95,8 +154,11 @@ impl Workload {
         )
     }
 
-    pub fn ipv6(&self) -> Option<IpAddr> {
-        self.ips.iter().copied().find(IpAddr::is_ipv6)
+    pub fn ipv6(&self) -> Option<std::net::Ipv6Addr> {
+        self.ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
     }
 }
 
@@ -146,6 +208,8 @@ struct RawConfig {
     #[serde(default)]
     proxy: ProxySettings,
     #[serde(default)]
+    redirect: RedirectSettings,
+    #[serde(default)]
     workloads: Vec<Workload>,
 }
 
@@ -190,6 +254,7 @@ impl TryFrom<RawConfig> for Config {
             metrics_address: raw.metrics_address,
             readiness_address: raw.readiness_address,
             proxy: raw.proxy,
+            redirect: raw.redirect,
             workloads: raw.workloads,
         })
     }
@@ -209,6 +274,7 @@ struct RawWorkload {
     cgroup: Option<PathBuf>,
     #[serde(default = "defaults::yes")]
     enrolled: bool,
+    redirect_mode: Option<RedirectMode>,
     #[serde(default)]
     exclude_ports: Vec<u16>,
     #[serde(default)]
@@ -273,6 +339,7 @@ impl TryFrom<RawWorkload> for Workload {
             netns: raw.netns,
             cgroup: raw.cgroup,
             enrolled: raw.enrolled,
+            redirect_mode: raw.redirect_mode,
             exclude_ports: raw.exclude_ports,
             exclude_cidrs: raw.exclude_cidrs,
         })

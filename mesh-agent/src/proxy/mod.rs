@@ -14,10 +14,6 @@ use crate::{
     state::WorkloadIndex,
 };
 
-/// `SO_MARK` on every socket the proxy dials, so netfilter rules can tell the proxy's own
-/// traffic from the app's.
-pub const PROXY_MARK: u32 = 0x539;
-
 /// What every connection handler reads: settings and names that follow config reloads.
 #[derive(Debug)]
 pub struct ProxyContext {

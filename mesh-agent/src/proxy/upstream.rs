@@ -6,8 +6,8 @@ use std::{io, net::SocketAddr, time::Duration};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::PROXY_MARK;
 use crate::sys::netns::Netns;
+use mesh_common::PROXY_MARK;
 
 pub async fn connect(netns: &Netns, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let socket = netns

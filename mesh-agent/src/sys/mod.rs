@@ -1,3 +1,4 @@
 //! Thin wrappers over the host facts and syscalls the agent needs: mounts, cgroups, netns.
+pub mod exec;
 pub mod mounts;
 pub mod netns;

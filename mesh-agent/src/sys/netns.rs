@@ -44,6 +44,10 @@ impl Netns {
         &self.path
     }
 
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
     /// Runs `f` with the calling thread inside this netns, then moves the thread back to the
     /// agent's own netns. `f` must not block or await: it is meant for making sockets.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {

@@ -15,13 +15,14 @@ use crate::sys::mounts;
 
 /// Attach flags for bpf_link: the kernel refuses any flag on a cgroup link and always
 /// attaches links in multi mode, so "Single" (no flags) is what gives multi-attach here.
-const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+pub(super) const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// Socket-address programs: they act on the pods' own sockets, so the cgroup root is enough.
-const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+pub(super) const SOCK_ADDR_PROGRAMS: [&str; 4] =
+    ["connect4", "connect6", "getpeername4", "getpeername6"];
 /// These also act on the agent's accepted sockets, which belong to the agent's cgroup.
-const SOCK_OPS_PROGRAM: &str = "track_connections";
-const SOCKOPT_PROGRAM: &str = "getsockopt";
+pub(super) const SOCK_OPS_PROGRAM: &str = "track_connections";
+pub(super) const SOCKOPT_PROGRAM: &str = "getsockopt";
 
 /// Attaches the socket-address programs at the cgroup root (they act on pods' sockets) and
 /// the sock_ops and getsockopt programs where they see both the pods' and the agent's
@@ -87,7 +88,7 @@ pub fn attach_all(ebpf: &mut Ebpf, settings: &EbpfSettings) -> Result<Vec<FdLink
     Ok(links)
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {

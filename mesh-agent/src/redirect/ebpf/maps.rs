@@ -10,13 +10,15 @@ use crate::redirect::CaptureSpec;
 
 /// The enrollment value for a pod. The counts fit: config validation bounds the lists.
 pub fn pod_capture(spec: &CaptureSpec) -> PodCapture {
-    let mut value = PodCapture {
-        listener_v4: u32::from_ne_bytes(spec.listener_v4.octets()),
-        ..Default::default()
-    };
-    if let Some(v6) = spec.listener_v6 {
-        value.listener_v6 = v6_words(&v6);
-        value.has_v6 = 1;
+    let mut value = PodCapture::default();
+    for listener in &spec.listeners {
+        match listener.ip() {
+            IpAddr::V4(v4) => value.listener_v4 = u32::from_ne_bytes(v4.octets()),
+            IpAddr::V6(v6) => {
+                value.listener_v6 = v6_words(&v6);
+                value.has_v6 = 1;
+            }
+        }
     }
     for (slot, port) in value.excluded_ports.iter_mut().zip(&spec.exclude_ports) {
         *slot = *port;
@@ -131,9 +133,13 @@ mod tests {
                 namespace: "ns".into(),
                 name: "a".into(),
             },
+            mode: crate::redirect::RedirectMode::Ebpf,
+            netns: "/x".into(),
             cgroup: "/x".into(),
-            listener_v4: Ipv4Addr::new(127, 0, 1, 7),
-            listener_v6: Some("fd00::2".parse().unwrap()),
+            listeners: vec![
+                "127.0.1.7:15001".parse().unwrap(),
+                "[fd00::2]:15001".parse().unwrap(),
+            ],
             exclude_ports: vec![22, 8080],
             exclude_cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
         }

@@ -3,9 +3,12 @@
 //! `<bpffsRoot>/<node>/{maps,links}` so steering survives an agent restart, and keeps the
 //! enrollment map in step with the enrolled pods.
 mod attach;
+mod listeners;
 mod maps;
+pub mod probe;
 
 use std::{
+    net::{Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -18,8 +21,9 @@ use aya::{
 use mesh_common::{ConnTuple, OrigDst, PodCapture, maps as map_names};
 use tracing::info;
 
+use self::listeners::ListenerAddrs;
 use super::{CaptureSpec, Redirect, RedirectError, RedirectMode};
-use crate::sys::mounts;
+use crate::{config::WorkloadKey, sys::mounts};
 
 /// The compiled programs, built by this crate's build script.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf"));
@@ -60,6 +64,8 @@ pub enum EbpfError {
         path: PathBuf,
         error: aya::pin::PinError,
     },
+    #[error("no free loopback listener address left on this node")]
+    ListenerAddressesExhausted,
     #[error("removing pins under {path}: {error}")]
     Unpin {
         path: PathBuf,
@@ -83,6 +89,7 @@ impl EbpfSettings {
 
 pub struct EbpfRedirect {
     settings: EbpfSettings,
+    addrs: Mutex<ListenerAddrs>,
     enrolled: Mutex<HashMap<MapData, u64, PodCapture>>,
     orig_by_tuple: HashMap<MapData, ConnTuple, OrigDst>,
     orig_by_cookie: HashMap<MapData, u64, OrigDst>,
@@ -126,6 +133,7 @@ impl EbpfRedirect {
         info!(pins = %pin_dir.display(), cgroup_root = %settings.cgroup_root.display(), "eBPF steering attached");
         Ok(Self {
             settings,
+            addrs: Mutex::default(),
             enrolled: Mutex::new(enrolled),
             orig_by_tuple,
             orig_by_cookie,
@@ -155,8 +163,24 @@ pub fn cleanup(pin_dir: &Path) -> Result<bool, EbpfError> {
 }
 
 impl Redirect for EbpfRedirect {
-    fn mode(&self) -> RedirectMode {
-        RedirectMode::Ebpf
+    /// `127.0.1.N:15001` (unique on the node) and, with IPv6, `[pod IPv6]:15001` (unique
+    /// too): the connect programs rewrite to these.
+    fn listeners(
+        &self,
+        key: &WorkloadKey,
+        _mode: RedirectMode,
+        ipv6: Option<Ipv6Addr>,
+    ) -> Result<Vec<SocketAddr>, RedirectError> {
+        let port = mesh_common::OUTBOUND_LISTENER_PORT;
+        let v4 = self
+            .addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assign(key)
+            .ok_or(EbpfError::ListenerAddressesExhausted)?;
+        let mut listeners = vec![SocketAddr::from((v4, port))];
+        listeners.extend(ipv6.map(|v6| SocketAddr::from((v6, port))));
+        Ok(listeners)
     }
 
     fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
@@ -171,6 +195,10 @@ impl Redirect for EbpfRedirect {
     }
 
     fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+        self.addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .free(&spec.key);
         let id = mounts::cgroup_id(&spec.cgroup).map_err(EbpfError::from)?;
         let mut map = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
         match map.remove(&id) {
@@ -204,8 +232,11 @@ impl Redirect for EbpfRedirect {
         Ok(())
     }
 
-    fn counters(&self) -> Vec<(&'static str, u64)> {
+    fn counters(&self) -> Vec<(String, u64)> {
         maps::read_counters(&self.counters)
+            .into_iter()
+            .map(|(name, value)| (format!("ebpf_{name}"), value))
+            .collect()
     }
 
     fn debug_dump(&self) -> serde_json::Value {
@@ -217,7 +248,9 @@ impl Redirect for EbpfRedirect {
             "mode": "ebpf",
             "pins": self.settings.pin_dir(),
             "cgroupRoot": self.settings.cgroup_root,
-            "counters": self.counters().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "counters": maps::read_counters(&self.counters)
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
             "enrolled": enrolled,
             "origDstByTuple": maps::dump_tuples(&self.orig_by_tuple),
             "origDstByCookieEntries": self.orig_by_cookie.keys().count(),

@@ -1,0 +1,84 @@
+//! Sends each pod to the redirect mode it uses: the node's, or its own override.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use super::{CaptureSpec, Redirect, RedirectError, RedirectMode};
+use crate::config::WorkloadKey;
+
+pub struct Router {
+    node_mode: RedirectMode,
+    modes: BTreeMap<RedirectMode, Arc<dyn Redirect>>,
+}
+
+impl Router {
+    /// `modes` holds every mode this node runs; `node_mode` must be one of them.
+    pub fn new(node_mode: RedirectMode, modes: BTreeMap<RedirectMode, Arc<dyn Redirect>>) -> Self {
+        Self { node_mode, modes }
+    }
+
+    pub fn node_mode(&self) -> RedirectMode {
+        self.node_mode
+    }
+
+    /// The modes running here.
+    pub fn modes(&self) -> impl Iterator<Item = RedirectMode> + '_ {
+        self.modes.keys().copied()
+    }
+
+    /// One mode's debugging view, when it runs here.
+    pub fn mode_dump(&self, mode: RedirectMode) -> Option<serde_json::Value> {
+        self.modes.get(&mode).map(|m| m.debug_dump())
+    }
+
+    fn get(&self, mode: RedirectMode) -> Result<&Arc<dyn Redirect>, RedirectError> {
+        self.modes
+            .get(&mode)
+            .ok_or(RedirectError::ModeNotRunning(mode))
+    }
+}
+
+impl Redirect for Router {
+    fn listeners(
+        &self,
+        key: &WorkloadKey,
+        mode: RedirectMode,
+        ipv6: Option<Ipv6Addr>,
+    ) -> Result<Vec<SocketAddr>, RedirectError> {
+        self.get(mode)?.listeners(key, mode, ipv6)
+    }
+
+    fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+        self.get(spec.mode)?.enroll(spec)
+    }
+
+    fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+        self.get(spec.mode)?.release(spec)
+    }
+
+    fn retain_only(&self, keep: &[&CaptureSpec]) -> Result<(), RedirectError> {
+        for (mode, redirect) in &self.modes {
+            let mine: Vec<&CaptureSpec> =
+                keep.iter().copied().filter(|s| s.mode == *mode).collect();
+            redirect.retain_only(&mine)?;
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.modes.values().flat_map(|m| m.counters()).collect()
+    }
+
+    fn debug_dump(&self) -> serde_json::Value {
+        serde_json::json!({
+            "nodeMode": self.node_mode,
+            "modes": self
+                .modes
+                .iter()
+                .map(|(mode, m)| (mode.as_str(), m.debug_dump()))
+                .collect::<BTreeMap<_, _>>(),
+        })
+    }
+}
