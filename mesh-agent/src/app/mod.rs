@@ -182,6 +182,7 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
             "readinessAddress",
             old.readiness_address != new.readiness_address,
         ),
+        ("redirect.mode", old.redirect != new.redirect),
     ];
     for (field, changed) in fields {
         if changed {
