@@ -82,6 +82,27 @@ pub struct ConnTuple {
     pub dst: [u32; 4],
 }
 
+impl ConnTuple {
+    /// `app`/`app_port`: the app socket's local end; `listener`/`listener_port`: the pod
+    /// listener it is connected to.
+    pub const fn new(
+        family: u16,
+        app: [u32; 4],
+        app_port: u16,
+        listener: [u32; 4],
+        listener_port: u16,
+    ) -> Self {
+        Self {
+            family,
+            src_port: app_port,
+            dst_port: listener_port,
+            _pad: 0,
+            src: app,
+            dst: listener,
+        }
+    }
+}
+
 /// Indexes into the per-CPU counter array every program updates.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

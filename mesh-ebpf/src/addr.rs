@@ -1,7 +1,7 @@
 //! Address helpers over the kernel's network-order 32-bit words.
 use core::ptr::{read_volatile, write_volatile};
 
-use mesh_common::Cidr;
+use mesh_common::{AF_INET, AF_INET6, Cidr};
 
 /// Reads a 4-word IPv6 address field of a program context, one volatile 32-bit access per
 /// word: LLVM would otherwise merge the loads into wider ones the verifier refuses.
@@ -61,4 +61,21 @@ pub fn cidr_contains(cidr: &Cidr, ip: &[u32; 4]) -> bool {
         && (ip[1] & cidr.mask[1]) == cidr.addr[1]
         && (ip[2] & cidr.mask[2]) == cidr.addr[2]
         && (ip[3] & cidr.mask[3]) == cidr.addr[3]
+}
+
+/// Reads a socket address field pair of a program context (`v4` for IPv4 sockets, `v6` for
+/// IPv6 ones) into the map's 4-word form; `None` for other families.
+///
+/// # Safety
+/// Both pointers must point into the program's context.
+#[inline(always)]
+pub unsafe fn read_addr(family: u16, v4: *const u32, v6: *const [u32; 4]) -> Option<[u32; 4]> {
+    // SAFETY: the caller guarantees both fields are readable context fields.
+    unsafe {
+        match family {
+            AF_INET => Some([read_volatile(v4), 0, 0, 0]),
+            AF_INET6 => Some(read_words(v6)),
+            _ => None,
+        }
+    }
 }

@@ -21,10 +21,10 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use mesh_common::{AF_INET, AF_INET6, ConnTuple, Counter};
+use mesh_common::{ConnTuple, Counter};
 
 use crate::{
-    addr::read_words,
+    addr::read_addr,
     counters::count,
     maps::{ORIG_BY_COOKIE, ORIG_BY_TUPLE},
 };
@@ -113,35 +113,20 @@ fn tuple(ops: *mut bpf_sock_ops, from_listener: bool) -> Option<ConnTuple> {
         // remote_port: network order, shifted into the upper 16 bits; local_port: host order.
         let remote_port = u16::from_be((read_volatile(&(*ops).remote_port) >> 16) as u16);
         let local_port = read_volatile(&(*ops).local_port) as u16;
-        let mut local = [0u32; 4];
-        let mut remote = [0u32; 4];
-        if family == AF_INET {
-            local[0] = read_volatile(&(*ops).local_ip4);
-            remote[0] = read_volatile(&(*ops).remote_ip4);
-        } else if family == AF_INET6 {
-            local = read_words(&raw const (*ops).local_ip6);
-            remote = read_words(&raw const (*ops).remote_ip6);
-        } else {
-            return None;
-        }
+        let local = read_addr(
+            family,
+            &raw const (*ops).local_ip4,
+            &raw const (*ops).local_ip6,
+        )?;
+        let remote = read_addr(
+            family,
+            &raw const (*ops).remote_ip4,
+            &raw const (*ops).remote_ip6,
+        )?;
         Some(if from_listener {
-            ConnTuple {
-                family,
-                src_port: remote_port,
-                dst_port: local_port,
-                _pad: 0,
-                src: remote,
-                dst: local,
-            }
+            ConnTuple::new(family, remote, remote_port, local, local_port)
         } else {
-            ConnTuple {
-                family,
-                src_port: local_port,
-                dst_port: remote_port,
-                _pad: 0,
-                src: local,
-                dst: remote,
-            }
+            ConnTuple::new(family, local, local_port, remote, remote_port)
         })
     }
 }

@@ -6,7 +6,7 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use mesh_common::{AF_INET, AF_INET6, ConnTuple, Counter};
 
-use crate::{addr::read_words, counters::count, maps::ORIG_BY_TUPLE};
+use crate::{addr::read_addr, counters::count, maps::ORIG_BY_TUPLE};
 
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
@@ -39,25 +39,13 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
         // dst_port is network order in the low 16 bits; read all 32 so 5.10 accepts it.
         let remote_port =
             u16::from_be(read_volatile((&raw const (*sk).dst_port).cast::<u32>()) as u16);
-        let mut local = [0u32; 4];
-        let mut remote = [0u32; 4];
-        if family == AF_INET {
-            local[0] = read_volatile(&(*sk).src_ip4);
-            remote[0] = read_volatile(&(*sk).dst_ip4);
-        } else if family == AF_INET6 {
-            local = read_words(&raw const (*sk).src_ip6);
-            remote = read_words(&raw const (*sk).dst_ip6);
-        } else {
+        let (Some(local), Some(remote)) = (
+            read_addr(family, &raw const (*sk).src_ip4, &raw const (*sk).src_ip6),
+            read_addr(family, &raw const (*sk).dst_ip4, &raw const (*sk).dst_ip6),
+        ) else {
             return PASS;
-        }
-        let key = ConnTuple {
-            family,
-            src_port: remote_port,
-            dst_port: local_port,
-            _pad: 0,
-            src: remote,
-            dst: local,
         };
+        let key = ConnTuple::new(family, remote, remote_port, local, local_port);
         let Some(orig) = ORIG_BY_TUPLE.get(&key) else {
             count(Counter::OrigDstMissed);
             return PASS;

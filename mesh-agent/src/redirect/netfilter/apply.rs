@@ -71,7 +71,8 @@ impl Applier {
         };
         if backend == Backend::Nft {
             let tx = rules.nft_transaction();
-            let want = self.canonical_nft(&tx).map_err(err)?;
+            let script = format!("nft -f - && nft list table inet {NFT_TABLE}");
+            let want = self.canonical(&tx, &script).map_err(err)?;
             if live_nft(target) == want {
                 return Ok(Outcome::Unchanged);
             }
@@ -82,8 +83,9 @@ impl Applier {
         for &family in families {
             let (restore, save) = backend.iptables_tools(family);
             let live = exec::run(target, save, &["-t", "nat"], "").map_err(err)?;
+            let script = format!("{restore} --noflush && {save} -t nat");
             let want = self
-                .canonical_iptables(restore, save, &rules.iptables_payload(family, true))
+                .canonical(&rules.iptables_payload(family, true), &script)
                 .map_err(err)?;
             let jumps = rules.iptables_jumps();
             if our_rules(&live) == our_rules(&want) && jumps.iter().all(|j| count(&live, j) == 1) {
@@ -156,43 +158,21 @@ impl Applier {
         Ok(removed)
     }
 
-    fn canonical_nft(&self, tx: &str) -> Result<String, ExecError> {
-        self.canonical(tx, || {
-            let script = format!("nft -f - && nft list table inet {NFT_TABLE}");
-            exec::run(NetnsTarget::Scratch, "sh", &["-c", &script], tx)
-        })
-    }
-
-    fn canonical_iptables(
-        &self,
-        restore: &str,
-        save: &str,
-        payload: &str,
-    ) -> Result<String, ExecError> {
-        self.canonical(payload, || {
-            let script = format!("{restore} --noflush && {save} -t nat");
-            exec::run(NetnsTarget::Scratch, "sh", &["-c", &script], payload)
-        })
-    }
-
-    fn canonical(
-        &self,
-        key: &str,
-        list: impl FnOnce() -> Result<String, ExecError>,
-    ) -> Result<String, ExecError> {
+    /// The listing `script` prints after loading `input` in a scratch netns, cached by input.
+    fn canonical(&self, input: &str, script: &str) -> Result<String, ExecError> {
         if let Some(hit) = self
             .canonical
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(key)
+            .get(input)
         {
             return Ok(hit.clone());
         }
-        let listed = list()?;
+        let listed = exec::run(NetnsTarget::Scratch, "sh", &["-c", script], input)?;
         self.canonical
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned(), listed.clone());
+            .insert(input.to_owned(), listed.clone());
         Ok(listed)
     }
 }
