@@ -22,6 +22,8 @@ pub struct Payload {
     pub suites: Vec<(String, PathBuf)>,
     /// Extra arguments for every test executable (e.g. a name filter).
     pub test_args: Vec<String>,
+    /// `KEY=VALUE` pairs exported before the suites run (e.g. `RUST_LOG=debug`).
+    pub env: Vec<String>,
 }
 
 /// Kernel command-line word that makes `/init` stop right after boot: the KVM probe.
@@ -84,6 +86,10 @@ fn quote(word: &str) -> String {
 fn init_script(payload: &Payload) -> String {
     let args: Vec<String> = payload.test_args.iter().map(|arg| quote(arg)).collect();
     let args = args.join(" ");
+    let mut exports = String::new();
+    for pair in &payload.env {
+        exports.push_str(&format!("export {}\n", quote(pair)));
+    }
     let mut suites = String::new();
     for (name, _) in &payload.suites {
         suites.push_str(&format!("run_suite {} {args}\n", quote(name)));
@@ -119,7 +125,7 @@ bpftool feature probe kernel 2>&1 | awk '
 echo "{features} end"
 export SLUICE_AGENT_BIN=/sluice/mesh-agent SLUICE_TESTAPP_BIN=/sluice/sluice-testapp
 export RUST_BACKTRACE=1
-cd /tmp
+{exports}cd /tmp
 worst=0
 run_suite() {{
   name=$1; shift
@@ -159,10 +165,12 @@ mod tests {
             testapp: PathBuf::new(),
             suites: vec![("outbound".into(), PathBuf::new())],
             test_args: vec!["it's".into()],
+            env: vec!["RUST_LOG=debug".into()],
         };
         let script = init_script(&payload);
         assert!(script.contains("run_suite 'outbound' 'it'\\''s'\n"));
         assert!(script.contains("--test-threads=1"));
+        assert!(script.contains("export 'RUST_LOG=debug'\n"));
         assert!(script.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
     }
 }

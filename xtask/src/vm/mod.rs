@@ -52,6 +52,10 @@ pub struct VmTest {
     /// (all kernels, all tests), else target/vm/kernel-matrix.md.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Environment for the tests in the guest, `KEY=VALUE` (repeatable), e.g.
+    /// `--env RUST_LOG=debug` for the agent's log in failure output.
+    #[arg(long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
     /// Arguments for every test executable, e.g. a test name filter.
     #[arg(last = true, value_name = "TEST_ARGS")]
     test_args: Vec<String>,
@@ -64,7 +68,7 @@ pub fn run(opts: &VmTest) -> Result<ExitCode> {
     host::ensure_tools()?;
     toolchain::ensure()?;
     let binaries = build::build(&root, &opts.tests)?;
-    let payload = payload(&vm_dir, binaries, &opts.test_args)?;
+    let payload = payload(&vm_dir, binaries, opts)?;
     let mirror = apt::host_mirror();
     let timeout = Duration::from_secs(opts.timeout_mins * 60);
     let mut accel = opts.accel;
@@ -87,8 +91,10 @@ pub fn run(opts: &VmTest) -> Result<ExitCode> {
         runs.push(run);
     }
     report::print_summary(&runs);
-    let full =
-        lines.len() == kernels::LINES.len() && opts.tests.is_empty() && opts.test_args.is_empty();
+    let full = lines.len() == kernels::LINES.len()
+        && opts.tests.is_empty()
+        && opts.test_args.is_empty()
+        && opts.env.is_empty();
     let path = match &opts.report {
         Some(path) => path.clone(),
         None if full => root.join("docs/kernel-matrix.md"),
@@ -96,6 +102,9 @@ pub fn run(opts: &VmTest) -> Result<ExitCode> {
     };
     let command = format!("cargo xtask vm-test --kernel {}", opts.kernel);
     let md = report::markdown(&runs, &command, &today());
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("xtask: vm: matrix written to {}", path.display());
     Ok(if runs.iter().all(KernelRun::passed) {
@@ -169,11 +178,7 @@ fn boot(
 }
 
 /// Everything but the modules, gathered once for all kernels.
-fn payload(
-    vm_dir: &Path,
-    binaries: build::Binaries,
-    test_args: &[String],
-) -> Result<initramfs::Payload> {
+fn payload(vm_dir: &Path, binaries: build::Binaries, opts: &VmTest) -> Result<initramfs::Payload> {
     let stage = vm_dir.join("stage");
     let mut tools = Vec::new();
     for tool in ["ip", "bpftool"] {
@@ -191,7 +196,8 @@ fn payload(
         agent: host::stripped(&binaries.agent, &stage, "mesh-agent")?,
         testapp: host::stripped(&binaries.testapp, &stage, "sluice-testapp")?,
         suites,
-        test_args: test_args.to_vec(),
+        test_args: opts.test_args.clone(),
+        env: opts.env.clone(),
     })
 }
 
