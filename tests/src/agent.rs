@@ -3,6 +3,7 @@
 
 use crate::http::{self, Response};
 use crate::metrics::Metrics;
+use crate::mode::Mode;
 use crate::node::Node;
 use crate::pod::Pod;
 use anyhow::{Context, Result, bail, ensure};
@@ -31,7 +32,15 @@ pub struct AgentConfig {
     pub readiness_address: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyConfig>,
+    /// `None`: the agent's default (`auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectConfig>,
     pub workloads: Vec<Workload>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct RedirectConfig {
+    pub mode: Mode,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -53,6 +62,9 @@ pub struct Workload {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
     pub enrolled: bool,
+    /// Overrides the node's redirect mode for this pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_mode: Option<Mode>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude_ports: Vec<u16>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -70,6 +82,7 @@ impl Workload {
             netns: Some(pod.netns_path()),
             cgroup: Some(pod.cgroup().to_path_buf()),
             enrolled: true,
+            redirect_mode: None,
             exclude_ports: Vec::new(),
             exclude_cidrs: Vec::new(),
         }
@@ -89,6 +102,17 @@ impl Workload {
         self.exclude_ports = ports.to_vec();
         self
     }
+
+    pub fn exclude_cidrs(mut self, cidrs: &[String]) -> Workload {
+        self.exclude_cidrs = cidrs.to_vec();
+        self
+    }
+
+    /// Steers this pod with `mode` whatever the node's mode is.
+    pub fn redirect_mode(mut self, mode: Mode) -> Workload {
+        self.redirect_mode = Some(mode);
+        self
+    }
 }
 
 impl AgentConfig {
@@ -105,8 +129,15 @@ impl AgentConfig {
                 connect_timeout: "5s".into(),
                 idle_timeout: "1h".into(),
             }),
+            redirect: None,
             workloads: Vec::new(),
         }
+    }
+
+    /// Forces the node's redirect mode (instead of `auto`).
+    pub fn mode(mut self, mode: Mode) -> AgentConfig {
+        self.redirect = Some(RedirectConfig { mode });
+        self
     }
 
     pub fn with(mut self, w: Workload) -> AgentConfig {
@@ -118,6 +149,19 @@ impl AgentConfig {
     pub fn without(mut self, name: &str) -> AgentConfig {
         self.workloads.retain(|w| w.name != name);
         self
+    }
+
+    /// The mode steering pod `name`: its override or the node's; `None` when it is not
+    /// enrolled. The node mode must be explicit (see [`AgentConfig::mode`]).
+    pub fn mode_of(&self, name: &str) -> Result<Option<Mode>> {
+        let Some(w) = self.workloads.iter().find(|w| w.name == name && w.enrolled) else {
+            return Ok(None);
+        };
+        let node = self.redirect.as_ref().map(|r| r.mode);
+        w.redirect_mode
+            .or(node)
+            .map(Some)
+            .context("the node's redirect mode is auto; set one with AgentConfig::mode")
     }
 
     /// Where this node's pins live: `<bpffsRoot>/<node>`.
@@ -275,6 +319,12 @@ impl<'n> Agent<'n> {
     pub fn debug_ebpf(&self) -> Result<serde_json::Value> {
         let body = self.get_ok(ADMIN, "/debug/ebpf")?;
         serde_json::from_str(&body).with_context(|| format!("/debug/ebpf is not JSON: {body}"))
+    }
+
+    /// `/debug/redirect`: every redirect mode running, eBPF or netfilter.
+    pub fn debug_redirect(&self) -> Result<serde_json::Value> {
+        let body = self.get_ok(ADMIN, "/debug/redirect")?;
+        serde_json::from_str(&body).with_context(|| format!("/debug/redirect is not JSON: {body}"))
     }
 
     pub fn config_dump(&self) -> Result<serde_json::Value> {

@@ -8,19 +8,26 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod capture;
 pub mod cgroup;
 pub mod cmd;
 pub mod http;
 pub mod metrics;
+pub mod mode;
+pub mod netfilter;
 pub mod netns;
 pub mod node;
 pub mod pod;
 pub mod proc;
+pub mod scenario;
+pub mod sock;
 pub mod sweep;
 pub mod wire;
 
 pub use agent::{Agent, AgentConfig, Workload, delta};
+pub use capture::Snapshot;
 pub use metrics::Metrics;
+pub use mode::Mode;
 pub use node::Node;
 pub use pod::{DialOpts, Pod};
 pub use proc::{Proc, Server};

@@ -174,6 +174,17 @@ impl Node {
         Ok(Pod { inner })
     }
 
+    /// [`Node::add_pod`] for each name, in order.
+    pub fn add_pods<const N: usize>(&self, names: [&str; N]) -> Result<[Pod; N]> {
+        let pods = names
+            .iter()
+            .map(|name| self.add_pod(name))
+            .collect::<Result<Vec<Pod>>>()?;
+        Ok(pods
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one pod per name")))
+    }
+
     /// Every pod made so far.
     pub fn pods(&self) -> Vec<Pod> {
         lock(&self.pods)

@@ -34,6 +34,8 @@ pub(crate) struct PodInner {
 #[derive(Clone, Debug)]
 pub struct DialOpts {
     pub bytes: u64,
+    /// `SO_MARK` on each socket before it connects (the proxy's own mark bypasses capture).
+    pub mark: Option<u32>,
     pub recv_bytes: Option<u64>,
     pub count: usize,
     pub concurrency: usize,
@@ -51,6 +53,7 @@ impl Default for DialOpts {
             concurrency: 1,
             barrier: false,
             timeout_ms: 5000,
+            mark: None,
         }
     }
 }
@@ -61,6 +64,18 @@ impl DialOpts {
             bytes: n,
             ..Default::default()
         }
+    }
+
+    /// `count` connections, `concurrency` at a time.
+    pub fn times(mut self, count: usize, concurrency: usize) -> Self {
+        self.count = count;
+        self.concurrency = concurrency;
+        self
+    }
+
+    pub fn mark(mut self, mark: u32) -> Self {
+        self.mark = Some(mark);
+        self
     }
 
     fn args(&self, target: SocketAddr) -> Vec<String> {
@@ -81,6 +96,9 @@ impl DialOpts {
         }
         if self.barrier {
             a.push("--barrier".into());
+        }
+        if let Some(mark) = self.mark {
+            a.extend(["--mark".into(), mark.to_string()]);
         }
         a
     }

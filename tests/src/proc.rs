@@ -160,6 +160,8 @@ pub struct Server {
 pub struct Accepted {
     pub peer: String,
     pub local: String,
+    /// `SO_ORIGINAL_DST` as conntrack had it, when it had an entry.
+    pub orig: Option<String>,
 }
 
 impl Server {
@@ -172,16 +174,19 @@ impl Server {
                 let rest = l.strip_prefix("CONN ")?;
                 let mut peer = None;
                 let mut local = None;
+                let mut orig = None;
                 for kv in rest.split_whitespace() {
                     match kv.split_once('=') {
                         Some(("peer", v)) => peer = Some(v.to_string()),
                         Some(("local", v)) => local = Some(v.to_string()),
+                        Some(("orig", v)) => orig = Some(v.to_string()),
                         _ => {}
                     }
                 }
                 Some(Accepted {
                     peer: peer?,
                     local: local?,
+                    orig,
                 })
             })
             .collect()

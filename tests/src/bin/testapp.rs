@@ -1,10 +1,11 @@
 //! `sluice-testapp`: the application the tests run inside pods.
 //!
 //! `serve --port P [--ipv6] [--bind ADDR] [--id NAME]` prints `READY <addr>` once listening
-//! and `CONN peer=<a> local=<b>` per accepted connection, and answers the protocol in
+//! and `CONN peer=<a> local=<b> [orig=<c>]` per accepted connection (`orig`: the
+//! `SO_ORIGINAL_DST` conntrack recorded, when it has one), and answers the protocol in
 //! `tests::wire`. `dial ADDR [--bytes N] [--recv-bytes M] [--count C] [--concurrency K]
-//! [--barrier] [--timeout-ms T]` prints one JSON line (`tests::wire::DialReport`) and exits 0
-//! whatever the connections did: judging them is the test's job.
+//! [--barrier] [--timeout-ms T] [--mark M]` prints one JSON line (`tests::wire::DialReport`)
+//! and exits 0 whatever the connections did: judging them is the test's job.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -74,7 +75,10 @@ fn serve(args: &[String]) -> Result<(), String> {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        println!("CONN peer={peer} local={local}");
+        let orig = tests::sock::original_dst(&stream)
+            .map(|a| format!(" orig={a}"))
+            .unwrap_or_default();
+        println!("CONN peer={peer} local={local}{orig}");
         let id = id.clone();
         std::thread::spawn(move || {
             if let Err(e) = answer(&stream, &id, &peer) {
@@ -140,6 +144,7 @@ struct DialSpec {
     send: u64,
     recv: u64,
     timeout: Duration,
+    mark: Option<u32>,
 }
 
 fn dial(args: &[String]) -> Result<(), String> {
@@ -153,6 +158,9 @@ fn dial(args: &[String]) -> Result<(), String> {
         send,
         recv: num(args, "--recv-bytes", send)?,
         timeout: Duration::from_millis(num(args, "--timeout-ms", 5000)?),
+        mark: opt(args, "--mark")
+            .map(|m| m.parse().map_err(|_| format!("bad value for --mark: {m}")))
+            .transpose()?,
     });
     let count: usize = num(args, "--count", 1)?;
     let barrier = flag(args, "--barrier");
@@ -197,7 +205,10 @@ fn one(spec: &DialSpec, gate: Option<&Barrier>) -> ConnResult {
         target: spec.target.to_string(),
         ..Default::default()
     };
-    let conn = TcpStream::connect_timeout(&spec.target, spec.timeout);
+    let conn = match spec.mark {
+        None => TcpStream::connect_timeout(&spec.target, spec.timeout),
+        Some(mark) => tests::sock::connect_marked(spec.target, mark, spec.timeout),
+    };
     if let Ok(s) = &conn {
         r.peer = s.peer_addr().ok().map(|a| a.to_string());
         r.local = s.local_addr().ok().map(|a| a.to_string());

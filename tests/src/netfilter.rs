@@ -1,0 +1,205 @@
+//! Reading (and, for tamper tests, writing) netfilter rules inside a pod's netns, and
+//! driving `mesh-agent iptables apply|cleanup` there.
+//!
+//! Listings come from the tools an operator would use (`nft list ruleset`,
+//! `iptables-save -t nat`), with the parts that change on their own (timestamps, policy
+//! counters) blanked, so two listings of the same rules compare equal byte for byte.
+
+use crate::agent::AgentConfig;
+use crate::mode::Mode;
+use crate::node::Node;
+use crate::pod::Pod;
+use anyhow::{Context, Result, ensure};
+use std::fs::File;
+use std::process::Command;
+
+/// A netfilter backend of `mesh-agent iptables apply|cleanup --backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Nft,
+    /// `iptables`, which resolves to the nf_tables flavour in a netns without legacy rules.
+    Iptables,
+    IptablesLegacy,
+}
+
+impl Backend {
+    /// The `--backend` value.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Iptables => "iptables",
+            Backend::IptablesLegacy => "iptables-legacy",
+        }
+    }
+
+    /// The name the CLI prints before its verdict (`<name>: applied`).
+    pub fn printed(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Iptables => "iptables-nft",
+            Backend::IptablesLegacy => "iptables-legacy",
+        }
+    }
+
+    /// The program that edits this backend's rules for `ipv6` or not (`nft` for both).
+    pub fn tool(self, ipv6: bool) -> &'static str {
+        match (self, ipv6) {
+            (Backend::Nft, _) => "nft",
+            (Backend::Iptables, false) => "iptables-nft",
+            (Backend::Iptables, true) => "ip6tables-nft",
+            (Backend::IptablesLegacy, false) => "iptables-legacy",
+            (Backend::IptablesLegacy, true) => "ip6tables-legacy",
+        }
+    }
+
+    /// The whole listing this backend shows in `pod`: `nft list ruleset`, or the `nat`
+    /// tables of both families (`*-save -t nat`), normalised (see the module doc).
+    pub fn listing(self, pod: &Pod) -> Result<String> {
+        let raw = match self {
+            Backend::Nft => in_pod(pod, "nft", &["list", "ruleset"])?,
+            _ => {
+                let save = |ipv6| format!("{}-save", self.tool(ipv6));
+                in_pod(pod, &save(false), &["-t", "nat"])?
+                    + &in_pod(pod, &save(true), &["-t", "nat"])?
+            }
+        };
+        Ok(normalise(&raw))
+    }
+
+    /// Runs this backend's tool in `pod` with `args` (e.g. to tamper with rules).
+    pub fn edit(self, pod: &Pod, ipv6: bool, args: &[&str]) -> Result<String> {
+        in_pod(pod, self.tool(ipv6), args)
+    }
+}
+
+/// Drops comment lines and blanks counters: `[packets:bytes]` of iptables-save chains and
+/// `packets N bytes M` of nft rules.
+fn normalise(listing: &str) -> String {
+    let mut out = String::new();
+    for line in listing.lines().filter(|l| !l.starts_with('#')) {
+        let line = match (line.rfind(" ["), line.ends_with(']')) {
+            (Some(i), true) if line.starts_with(':') => format!("{} [0:0]", &line[..i]),
+            _ => line.to_string(),
+        };
+        let mut words: Vec<&str> = line.split(' ').collect();
+        for i in 1..words.len() {
+            if matches!(words[i - 1], "packets" | "bytes") && words[i].parse::<u64>().is_ok() {
+                words[i] = "0";
+            }
+        }
+        out.push_str(&words.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+/// Asserts that every pod of `node` holds exactly the rules its mode in `cfg` writes:
+/// the mode's own for an enrolled pod, none for the others (and none in eBPF mode).
+pub fn expect_rules(node: &Node, cfg: &AgentConfig) -> Result<()> {
+    for pod in node.pods() {
+        let want = cfg
+            .mode_of(pod.name())?
+            .map_or_else(Vec::new, Mode::expected_rules);
+        let got = ours(&pod)?;
+        ensure!(
+            got == want,
+            "pod {}: rules of ours {got:?}, want {want:?}; nft list ruleset:\n{}",
+            pod.name(),
+            Backend::Nft
+                .listing(&pod)
+                .unwrap_or_else(|e| format!("{e:#}"))
+        );
+    }
+    Ok(())
+}
+
+/// Rules of ours that a netns holds, by where they live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Found {
+    /// `table inet sluice`.
+    NftTable,
+    /// A `SLUICE_*` chain or jump in the nf_tables flavour of iptables (either family).
+    IptablesNft,
+    /// The same in legacy iptables.
+    IptablesLegacy,
+}
+
+/// Every rule of ours in `pod`'s netns. Legacy tables are only listed when they exist:
+/// listing them would create them.
+pub fn ours(pod: &Pod) -> Result<Vec<Found>> {
+    let mut found = Vec::new();
+    if in_pod(pod, "nft", &["list", "tables"])?.contains("table inet sluice") {
+        found.push(Found::NftTable);
+    }
+    let mut has = |backend: Backend, what: Found| -> Result<()> {
+        for ipv6 in [false, true] {
+            let text = in_pod(pod, &format!("{}-save", backend.tool(ipv6)), &[])?;
+            if text.contains("SLUICE_") && !found.contains(&what) {
+                found.push(what);
+            }
+        }
+        Ok(())
+    };
+    has(Backend::Iptables, Found::IptablesNft)?;
+    if legacy_tables_exist(pod)? {
+        has(Backend::IptablesLegacy, Found::IptablesLegacy)?;
+    }
+    Ok(found)
+}
+
+fn legacy_tables_exist(pod: &Pod) -> Result<bool> {
+    crate::netns::run_in(&pod.netns_path(), || {
+        let names = ["ip_tables_names", "ip6_tables_names"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).ok())
+            .collect::<String>();
+        Ok(!names.trim().is_empty())
+    })
+}
+
+/// Runs `program args` inside `pod`'s netns (not its cgroup); non-zero exit is an error.
+pub fn in_pod(pod: &Pod, program: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    crate::pod::enter(&mut cmd, File::open(pod.netns_path())?, None);
+    crate::cmd::run(&mut cmd).with_context(|| format!("in pod {}", pod.name()))
+}
+
+/// `mesh-agent iptables <action> --netns <pod> --backend <b> <extra>...`, run from the
+/// test's own netns as an operator would; fails unless it exits 0. Returns stdout, trimmed.
+pub fn cli(pod: &Pod, action: &str, backend: Backend, extra: &[String]) -> Result<String> {
+    let bin = crate::agent_bin()?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["iptables", action, "--netns"])
+        .arg(pod.netns_path())
+        .args(["--backend", backend.arg()])
+        .args(extra);
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_drops_comments_and_policy_counters() {
+        let save = "# Generated by iptables-save v1.8.9 on Wed\n*nat\n:OUTPUT ACCEPT [12:720]\n\
+                    :SLUICE_OUTPUT - [0:0]\n-A OUTPUT -p tcp -j SLUICE_OUTPUT\nCOMMIT\n# Completed\n";
+        assert_eq!(
+            normalise(save),
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:SLUICE_OUTPUT - [0:0]\n-A OUTPUT -p tcp -j SLUICE_OUTPUT\nCOMMIT\n"
+        );
+        assert_eq!(
+            normalise("\t\tmeta l4proto tcp counter packets 2 bytes 120 jump SLUICE_OUTPUT\n"),
+            "\t\tmeta l4proto tcp counter packets 0 bytes 0 jump SLUICE_OUTPUT\n"
+        );
+    }
+}
