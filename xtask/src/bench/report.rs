@@ -1,0 +1,473 @@
+//! Turning the samples into the report: medians and spreads per contender, ratios, the
+//! issue's targets, JSON, a markdown table and a hand-written SVG bar chart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::contender::Contender;
+use super::scenario::{Metric, SCENARIOS};
+
+/// Every value measured: metric name → contender → one value per round.
+pub type Samples = BTreeMap<&'static str, BTreeMap<Contender, Vec<f64>>>;
+
+/// One metric's summary.
+pub struct Entry {
+    pub metric: &'static Metric,
+    /// Contender → (median, min, max).
+    pub stats: BTreeMap<Contender, (f64, f64, f64)>,
+}
+
+impl Entry {
+    pub fn median(&self, c: Contender) -> Option<f64> {
+        self.stats.get(&c).map(|s| s.0)
+    }
+
+    fn ratio(&self, a: Contender, b: Contender) -> Option<f64> {
+        Some(self.median(a)? / self.median(b)?).filter(|r| r.is_finite())
+    }
+}
+
+pub struct Target {
+    pub what: String,
+    pub value: Option<f64>,
+    pub limit: f64,
+    /// `true`: value must be at least the limit; `false`: at most.
+    pub at_least: bool,
+    pub unit: &'static str,
+    /// What the value is made of, or why it could not be computed.
+    pub detail: String,
+}
+
+impl Target {
+    pub fn met(&self) -> Option<bool> {
+        let v = self.value?;
+        Some(if self.at_least {
+            v >= self.limit
+        } else {
+            v <= self.limit
+        })
+    }
+
+    /// "missed by 12%" or "met", relative to the limit.
+    pub fn verdict(&self) -> String {
+        match (self.met(), self.value) {
+            (None, _) | (_, None) => "not measured".into(),
+            (Some(true), _) => "met".into(),
+            (Some(false), Some(v)) => {
+                let off = ((v - self.limit) / self.limit).abs() * 100.0;
+                format!("missed by {off:.0}%")
+            }
+        }
+    }
+}
+
+pub struct Report {
+    pub entries: Vec<Entry>,
+    pub targets: Vec<Target>,
+    pub skipped: Vec<(&'static str, &'static str)>,
+}
+
+pub fn summarize(samples: &Samples) -> Report {
+    let mut entries = Vec::new();
+    let mut skipped = Vec::new();
+    for s in SCENARIOS {
+        if let Some(reason) = s.skip {
+            skipped.push((s.name, reason));
+        }
+        for metric in s.metrics {
+            let Some(by) = samples.get(metric.name) else {
+                continue;
+            };
+            let stats = by
+                .iter()
+                .filter_map(|(c, v)| Some((*c, stats(v)?)))
+                .collect();
+            entries.push(Entry { metric, stats });
+        }
+    }
+    let targets = targets(&entries);
+    Report {
+        entries,
+        targets,
+        skipped,
+    }
+}
+
+/// Median, min and max of the finite values.
+fn stats(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((median, v[0], v[n - 1]))
+}
+
+fn targets(entries: &[Entry]) -> Vec<Target> {
+    use Contender::{Direct, Envoy, Sluice};
+    let get = |name: &str| entries.iter().find(|e| e.metric.name == name);
+    let ratio = |name: &str, a, b| get(name).and_then(|e| e.ratio(a, b));
+    let med = |name: &str, c| get(name).and_then(|e| e.median(c));
+    let added = |c| Some(med("l4-rr-latency-p99", c)? - med("l4-rr-latency-p99", Direct)?);
+    let added_share = match (added(Sluice), added(Envoy)) {
+        (Some(s), Some(e)) if e > 0.0 => Some(s / e),
+        _ => None,
+    };
+    let added_detail = match (added(Sluice), added(Envoy)) {
+        (Some(s), Some(e)) if e > 0.0 => format!("sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs"),
+        (Some(s), Some(e)) => format!(
+            "sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs: Envoy's p99 is not above direct's, \
+             the p99s are within this run's noise"
+        ),
+        _ => String::new(),
+    };
+    let recovered = match (
+        med("memory-after-burst", Sluice),
+        med("memory-idle", Sluice),
+    ) {
+        (Some(a), Some(i)) if i > 0.0 => Some(a / i),
+        _ => None,
+    };
+    let recovered_detail = match med("memory-recovery", Sluice) {
+        Some(secs) => format!("after waiting {secs:.0} s"),
+        None => String::new(),
+    };
+    vec![
+        Target {
+            what: "L4 throughput, 1 stream: sluice-ebpf / direct".into(),
+            value: ratio("l4-throughput-1", Sluice, Direct),
+            limit: 0.85,
+            at_least: true,
+            unit: "×",
+            detail: String::new(),
+        },
+        Target {
+            what: "L4 throughput, 1 stream: sluice-ebpf / envoy".into(),
+            value: ratio("l4-throughput-1", Sluice, Envoy),
+            limit: 1.25,
+            at_least: true,
+            unit: "×",
+            detail: String::new(),
+        },
+        Target {
+            what: "added p99 latency (p99 − direct p99): sluice-ebpf / envoy".into(),
+            value: added_share,
+            limit: 0.5,
+            at_least: false,
+            unit: "×",
+            detail: added_detail,
+        },
+        Target {
+            what: "connect rate: sluice-ebpf / envoy".into(),
+            value: ratio("l4-connect-rate", Sluice, Envoy),
+            limit: 1.5,
+            at_least: true,
+            unit: "×",
+            detail: String::new(),
+        },
+        Target {
+            what: "idle RSS of sluice-ebpf".into(),
+            value: med("memory-idle", Sluice),
+            limit: 10.0,
+            at_least: false,
+            unit: "MiB",
+            detail: String::new(),
+        },
+        Target {
+            what: "sluice-ebpf RSS after the burst / idle RSS (within the wait)".into(),
+            value: recovered,
+            limit: 1.2,
+            at_least: false,
+            unit: "×",
+            detail: recovered_detail,
+        },
+    ]
+}
+
+fn round(x: f64) -> Value {
+    if !x.is_finite() {
+        return Value::Null;
+    }
+    let digits = if x.abs() >= 100.0 { 1.0 } else { 1000.0 };
+    json!((x * digits).round() / digits)
+}
+
+/// The JSON report: one entry per metric (the issue's shape) plus skipped scenarios,
+/// targets and `meta` (date, load, settings).
+pub fn to_json(report: &Report, meta: Value) -> Value {
+    use Contender::{Direct, Envoy, Sluice};
+    let mut scenarios: Vec<Value> = report
+        .entries
+        .iter()
+        .map(|e| {
+            let results: serde_json::Map<String, Value> = e
+                .stats
+                .iter()
+                .map(|(c, s)| (c.name().to_string(), round(s.0)))
+                .collect();
+            let spread: serde_json::Map<String, Value> = e
+                .stats
+                .iter()
+                .map(|(c, s)| (c.name().to_string(), json!([round(s.1), round(s.2)])))
+                .collect();
+            let mut ratios = serde_json::Map::new();
+            for (key, a, b) in [
+                ("sluice-ebpf/direct", Sluice, Direct),
+                ("sluice-ebpf/envoy", Sluice, Envoy),
+            ] {
+                if let Some(r) = e.ratio(a, b) {
+                    ratios.insert(key.into(), round(r));
+                }
+            }
+            json!({
+                "name": e.metric.name,
+                "unit": e.metric.unit,
+                "higher_is_better": e.metric.higher_is_better,
+                "results": results,
+                "spread": spread,
+                "ratios": ratios,
+            })
+        })
+        .collect();
+    for (name, reason) in &report.skipped {
+        scenarios.push(json!({"name": name, "skipped": reason, "results": {}, "spread": {}}));
+    }
+    let targets: Vec<Value> = report
+        .targets
+        .iter()
+        .map(|t| {
+            json!({
+                "target": t.what,
+                "value": t.value.map(round),
+                "limit": t.limit,
+                "at_least": t.at_least,
+                "met": t.met(),
+                "verdict": t.verdict(),
+                "detail": t.detail,
+            })
+        })
+        .collect();
+    json!({"meta": meta, "scenarios": scenarios, "targets": targets})
+}
+
+fn fmt(x: f64) -> String {
+    if !x.is_finite() {
+        "–".into()
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// Markdown: results (median, min–max), ratios, targets, skipped scenarios.
+pub fn to_markdown(report: &Report) -> String {
+    use Contender::{Direct, Envoy, Sluice};
+    let mut md = String::from(
+        "| metric | unit | direct | sluice-ebpf | envoy | sluice/direct | sluice/envoy |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for e in &report.entries {
+        let cell = |c| match e.stats.get(&c) {
+            Some((m, lo, hi)) => format!("{} ({}–{})", fmt(*m), fmt(*lo), fmt(*hi)),
+            None => "–".into(),
+        };
+        let ratio = |a, b| {
+            e.ratio(a, b)
+                .map(|r| format!("{r:.2}×"))
+                .unwrap_or("–".into())
+        };
+        let better = if e.metric.higher_is_better {
+            "↑"
+        } else {
+            "↓"
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} {better} | {} | {} | {} | {} | {} |",
+            e.metric.name,
+            e.metric.unit,
+            cell(Direct),
+            cell(Sluice),
+            cell(Envoy),
+            ratio(Sluice, Direct),
+            ratio(Sluice, Envoy)
+        );
+    }
+    md.push_str("\n| target | limit | measured | verdict | detail |\n|---|---|---|---|---|\n");
+    for t in &report.targets {
+        let limit = format!(
+            "{} {}{}",
+            if t.at_least { "≥" } else { "≤" },
+            t.limit,
+            t.unit
+        );
+        let value = t
+            .value
+            .map(|v| format!("{}{}", fmt(v), t.unit))
+            .unwrap_or("–".into());
+        let _ = writeln!(
+            md,
+            "| {} | {limit} | {value} | {} | {} |",
+            t.what,
+            t.verdict(),
+            t.detail
+        );
+    }
+    md.push_str("\n| scenario | what |\n|---|---|\n");
+    for s in SCENARIOS {
+        let _ = writeln!(md, "| `{}` | {} |", s.name, s.what);
+    }
+    if !report.skipped.is_empty() {
+        md.push_str("\nSkipped: ");
+        let names: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|(n, r)| format!("`{n}` ({r})"))
+            .collect();
+        md.push_str(&names.join(", "));
+        md.push('\n');
+    }
+    md
+}
+
+const COLORS: [(Contender, &str); 3] = [
+    (Contender::Direct, "#9e9e9e"),
+    (Contender::Sluice, "#00897b"),
+    (Contender::Envoy, "#ef6c00"),
+];
+
+/// One row per metric, a bar per contender scaled to the row's largest value, the value
+/// written at the bar's end; the row title says which way is better.
+pub fn to_svg(report: &Report, title: &str) -> String {
+    let (label_w, bar_w, bar_h, gap) = (250.0, 420.0, 13.0, 14.0);
+    let rows: Vec<&Entry> = report
+        .entries
+        .iter()
+        .filter(|e| !e.stats.is_empty())
+        .collect();
+    let row_h = |e: &Entry| e.stats.len() as f64 * (bar_h + 2.0) + gap;
+    let height = 60.0 + rows.iter().map(|e| row_h(e)).sum::<f64>();
+    let width = label_w + bar_w + 120.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"8\" y=\"18\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
+        escape(title)
+    );
+    let mut x = 8.0;
+    for (c, color) in COLORS {
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"28\" width=\"12\" height=\"12\" fill=\"{color}\"/>\
+             <text x=\"{}\" y=\"38\">{}</text>",
+            x + 16.0,
+            c.name()
+        );
+        x += 110.0;
+    }
+    let mut y = 56.0;
+    for e in rows {
+        let max = e.stats.values().map(|s| s.0).fold(0.0, f64::max);
+        let better = if e.metric.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        };
+        let _ = writeln!(
+            s,
+            "<text x=\"8\" y=\"{}\" font-weight=\"bold\">{}</text>\
+             <text x=\"8\" y=\"{}\" fill=\"#555\">{} · {better}</text>",
+            y + 10.0,
+            escape(e.metric.name),
+            y + 23.0,
+            escape(e.metric.unit)
+        );
+        let mut by = y;
+        for (c, color) in COLORS {
+            let Some((m, _, _)) = e.stats.get(&c) else {
+                continue;
+            };
+            let w = if max > 0.0 { m / max * bar_w } else { 0.0 };
+            let _ = writeln!(
+                s,
+                "<rect x=\"{label_w}\" y=\"{by}\" width=\"{w:.1}\" height=\"{bar_h}\" fill=\"{color}\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                label_w + w + 4.0,
+                by + bar_h - 2.0,
+                fmt(*m)
+            );
+            by += bar_h + 2.0;
+        }
+        y += row_h(e);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        assert_eq!(stats(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(stats(&[4.0, 1.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(stats(&[f64::NAN]), None);
+    }
+
+    #[test]
+    fn targets_say_how_far_they_are_missed() {
+        let t = Target {
+            what: "x".into(),
+            value: Some(0.68),
+            limit: 0.85,
+            at_least: true,
+            unit: "×",
+            detail: String::new(),
+        };
+        assert_eq!(t.verdict(), "missed by 20%");
+        let t = Target {
+            value: Some(12.0),
+            limit: 10.0,
+            at_least: false,
+            ..t
+        };
+        assert_eq!(t.verdict(), "missed by 20%");
+    }
+
+    #[test]
+    fn report_has_the_issue_shape() {
+        let mut samples = Samples::new();
+        let by = samples.entry("l4-throughput-1").or_default();
+        by.insert(Contender::Direct, vec![20.0, 22.0, 21.0]);
+        by.insert(Contender::Sluice, vec![18.0]);
+        by.insert(Contender::Envoy, vec![10.0]);
+        let report = summarize(&samples);
+        let v = to_json(&report, json!({}));
+        let first = &v["scenarios"][0];
+        assert_eq!(first["name"], "l4-throughput-1");
+        assert_eq!(first["results"]["direct"], 21.0);
+        assert_eq!(first["spread"]["direct"], json!([20.0, 22.0]));
+        assert_eq!(first["ratios"]["sluice-ebpf/envoy"], 1.8);
+        assert!(to_svg(&report, "t").contains("<svg"));
+        assert!(to_markdown(&report).contains("| l4-throughput-1 |"));
+    }
+}
