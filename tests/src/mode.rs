@@ -56,21 +56,22 @@ impl std::fmt::Display for Mode {
 #[macro_export]
 macro_rules! in_every_mode {
     ($($name:ident),+ $(,)?) => {
-        $crate::in_mode!(ebpf, Ebpf, [$($name),+]);
-        $crate::in_mode!(nftables, Nftables, [$($name),+]);
-        $crate::in_mode!(iptables, Iptables, [$($name),+]);
+        $crate::tests_for!(ebpf, $crate::Mode::Ebpf, [$($name),+]);
+        $crate::tests_for!(nftables, $crate::Mode::Nftables, [$($name),+]);
+        $crate::tests_for!(iptables, $crate::Mode::Iptables, [$($name),+]);
     };
 }
 
-/// One mode's module of [`in_every_mode!`].
+/// `mod $module { #[test] fn name() { super::name($value) } ... }`: one variant's tests of
+/// a parametrized suite (see [`in_every_mode!`]).
 #[macro_export]
-macro_rules! in_mode {
-    ($module:ident, $mode:ident, [$($name:ident),+]) => {
+macro_rules! tests_for {
+    ($module:ident, $value:expr, [$($name:ident),+]) => {
         mod $module {
             $(
                 #[test]
                 fn $name() {
-                    super::$name($crate::Mode::$mode)
+                    super::$name($value)
                 }
             )+
         }

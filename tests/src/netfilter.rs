@@ -52,18 +52,13 @@ impl Backend {
         }
     }
 
-    /// The whole listing this backend shows in `pod`: `nft list ruleset`, or the `nat`
-    /// tables of both families (`*-save -t nat`), normalised (see the module doc).
-    pub fn listing(self, pod: &Pod) -> Result<String> {
-        let raw = match self {
-            Backend::Nft => in_pod(pod, "nft", &["list", "ruleset"])?,
-            _ => {
-                let save = |ipv6| format!("{}-save", self.tool(ipv6));
-                in_pod(pod, &save(false), &["-t", "nat"])?
-                    + &in_pod(pod, &save(true), &["-t", "nat"])?
-            }
-        };
-        Ok(normalise(&raw))
+    /// Where this backend's rules show up in [`ours`].
+    pub fn found(self) -> Found {
+        match self {
+            Backend::Nft => Found::NftTable,
+            Backend::Iptables => Found::IptablesNft,
+            Backend::IptablesLegacy => Found::IptablesLegacy,
+        }
     }
 
     /// Runs this backend's tool in `pod` with `args` (e.g. to tamper with rules).
@@ -72,11 +67,35 @@ impl Backend {
     }
 }
 
-/// Drops comment lines and blanks counters: `[packets:bytes]` of iptables-save chains and
+/// Every netfilter rule in `pod`, normalised (see the module doc): `nft list ruleset`
+/// (nftables, and iptables-nft in nft syntax), then `iptables-nft-save -t nat` of both
+/// families, then every legacy table that exists, of both families.
+pub fn listing(pod: &Pod) -> Result<String> {
+    let mut raw = in_pod(pod, "nft", &["list", "ruleset"])?;
+    for ipv6 in [false, true] {
+        let save = format!("{}-save", Backend::Iptables.tool(ipv6));
+        raw.push_str(&format!("## {save} -t nat\n"));
+        raw.push_str(&in_pod(pod, &save, &["-t", "nat"])?);
+    }
+    for ipv6 in [false, true] {
+        // Without `-t`: only the tables that exist (naming one would create it).
+        if legacy_tables_exist(pod, ipv6)? {
+            let save = format!("{}-save", Backend::IptablesLegacy.tool(ipv6));
+            raw.push_str(&format!("## {save}\n"));
+            raw.push_str(&in_pod(pod, &save, &[])?);
+        }
+    }
+    Ok(normalise(&raw))
+}
+
+/// Drops comment lines (keeping our `## ` section titles) and blanks counters: `[packets:bytes]` of iptables-save chains and
 /// `packets N bytes M` of nft rules.
 fn normalise(listing: &str) -> String {
     let mut out = String::new();
-    for line in listing.lines().filter(|l| !l.starts_with('#')) {
+    for line in listing
+        .lines()
+        .filter(|l| !l.starts_with('#') || l.starts_with("## "))
+    {
         let line = match (line.rfind(" ["), line.ends_with(']')) {
             (Some(i), true) if line.starts_with(':') => format!("{} [0:0]", &line[..i]),
             _ => line.to_string(),
@@ -103,11 +122,9 @@ pub fn expect_rules(node: &Node, cfg: &AgentConfig) -> Result<()> {
         let got = ours(&pod)?;
         ensure!(
             got == want,
-            "pod {}: rules of ours {got:?}, want {want:?}; nft list ruleset:\n{}",
+            "pod {}: rules of ours {got:?}, want {want:?}; rules:\n{}",
             pod.name(),
-            Backend::Nft
-                .listing(&pod)
-                .unwrap_or_else(|e| format!("{e:#}"))
+            listing(&pod).unwrap_or_else(|e| format!("{e:#}"))
         );
     }
     Ok(())
@@ -131,29 +148,29 @@ pub fn ours(pod: &Pod) -> Result<Vec<Found>> {
     if in_pod(pod, "nft", &["list", "tables"])?.contains("table inet sluice") {
         found.push(Found::NftTable);
     }
-    let mut has = |backend: Backend, what: Found| -> Result<()> {
+    for backend in [Backend::Iptables, Backend::IptablesLegacy] {
         for ipv6 in [false, true] {
+            if backend == Backend::IptablesLegacy && !legacy_tables_exist(pod, ipv6)? {
+                continue;
+            }
             let text = in_pod(pod, &format!("{}-save", backend.tool(ipv6)), &[])?;
-            if text.contains("SLUICE_") && !found.contains(&what) {
-                found.push(what);
+            if text.contains("SLUICE_") && !found.contains(&backend.found()) {
+                found.push(backend.found());
             }
         }
-        Ok(())
-    };
-    has(Backend::Iptables, Found::IptablesNft)?;
-    if legacy_tables_exist(pod)? {
-        has(Backend::IptablesLegacy, Found::IptablesLegacy)?;
     }
     Ok(found)
 }
 
-fn legacy_tables_exist(pod: &Pod) -> Result<bool> {
+/// Does `pod` have legacy iptables tables of that family? Read from `/proc`, which
+/// creates nothing (listing a legacy table creates it).
+fn legacy_tables_exist(pod: &Pod, ipv6: bool) -> Result<bool> {
+    let file = match ipv6 {
+        false => "/proc/thread-self/net/ip_tables_names",
+        true => "/proc/thread-self/net/ip6_tables_names",
+    };
     crate::netns::run_in(&pod.netns_path(), || {
-        let names = ["ip_tables_names", "ip6_tables_names"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).ok())
-            .collect::<String>();
-        Ok(!names.trim().is_empty())
+        Ok(std::fs::read_to_string(file).is_ok_and(|names| !names.trim().is_empty()))
     })
 }
 

@@ -32,6 +32,8 @@ tests::in_every_mode!(
     config_reload_stops_and_resumes_capture,
     container_cgroup_of_enrolled_pod_is_captured,
     bad_config_keeps_the_old_one,
+    exclusion_change_applies_in_place,
+    ip_change_keeps_the_pod_captured,
 );
 
 /// Starts the agent and checks each pod's netns holds exactly the rules its mode writes.
@@ -425,6 +427,60 @@ fn bad_config_keeps_the_old_one(mode: Mode) {
             )
         });
     expect_rules(&node, &cfg).unwrap();
+}
+
+/// Adding an excluded port to an enrolled pod takes effect without losing capture of
+/// the rest.
+fn exclusion_change_applies_in_place(mode: Mode) {
+    let node = Node::new().unwrap();
+    let (a, b, _server, cfg) = client_and_server(&node, mode);
+    let _other = b.serve(9090, "server-b-9090").unwrap();
+    let mut agent = start(&node, cfg.clone());
+    let to_9090 = addr(b.ip(), 9090);
+    let before = snapshot(&agent);
+    assert_transparent(&a.dial_one(to_9090, 1000).unwrap(), a.ip().into(), to_9090);
+    before.expect_captured(&agent, &[("client-a", 1)]).unwrap();
+
+    let excluded = Workload::enrolled(&a).exclude_ports(&[9090]);
+    let changed = cfg.without("client-a").with(excluded);
+    agent.reload(changed.clone()).unwrap();
+    poll_until(Duration::from_secs(5), "port 9090 excluded", || {
+        let before = Snapshot::take(&agent)?;
+        assert_transparent(&a.dial_one(to_9090, 1000)?, a.ip().into(), to_9090);
+        Ok(before
+            .expect_not_captured(&agent, "skip_excluded_port")
+            .ok())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(30)));
+    let before = snapshot(&agent);
+    assert_serving(&agent, &a, &b);
+    before.expect_captured(&agent, &[("client-a", 1)]).unwrap();
+    expect_rules(&node, &changed).unwrap();
+}
+
+/// A pod whose addresses change (here: it loses its IPv6 address) stays captured over
+/// IPv4, and the agent stays healthy.
+fn ip_change_keeps_the_pod_captured(mode: Mode) {
+    let node = Node::new().unwrap();
+    let (a, b, _server, cfg) = client_and_server(&node, mode);
+    let mut agent = start(&node, cfg.clone());
+    let mut v4_only = Workload::enrolled(&a);
+    v4_only.ips = vec![a.ip().to_string()];
+    let changed = cfg.without("client-a").with(v4_only);
+    agent.reload(changed.clone()).unwrap();
+    // The agent re-enrolls the pod under its new addresses.
+    poll_until(Duration::from_secs(5), "config reloaded", || {
+        let m = agent.metrics()?;
+        Ok((m.sum("sluice_config_reloads_total", &[]) >= 1.0).then_some(()))
+    })
+    .unwrap();
+    poll_until(Duration::from_secs(5), "client-a captured again", || {
+        let before = Snapshot::take(&agent)?;
+        assert_serving(&agent, &a, &b);
+        Ok(before.expect_captured(&agent, &[("client-a", 1)]).ok())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(30)));
+    expect_rules(&node, &changed).unwrap();
 }
 
 /// Per-pod overrides on an eBPF node: each pod is steered by its own mode only (the eBPF
