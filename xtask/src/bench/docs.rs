@@ -34,6 +34,34 @@ pub fn kernel() -> String {
         .unwrap_or_default()
 }
 
+/// The commit the agent was built from, and whether its sources had uncommitted changes.
+pub fn source_state(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .unwrap_or_default()
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "mesh-agent",
+        "mesh-ebpf",
+        "mesh-common",
+    ]);
+    let state = if dirty.trim().is_empty() {
+        ""
+    } else {
+        " with uncommitted changes"
+    };
+    format!("{}{state}", commit.trim())
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -65,6 +93,7 @@ pub fn write(root: &Path, markdown: &str, svg: &str, meta: &Value) -> Result<()>
          - date: {date}; {rounds} rounds{quick}\n\
          - machine: {nproc} CPU ({model}), kernel {kernel}\n\
          - load average (1/5/15 min) before: {lb}; after: {la}\n\
+         - agent: {agent} ({source})\n\
          - pinning: client pod on CPU {cc}, server pod on CPU {sc}, the proxy (agent or Envoy) \
          on CPU {pc}; proxy threads seen: {threads}\n\n\
          ![chart](benchmarks.svg)\n\n\
@@ -108,6 +137,8 @@ pub fn write(root: &Path, markdown: &str, svg: &str, meta: &Value) -> Result<()>
         pc = cpus["proxy"],
         threads = meta["proxy_threads"],
         idle = meta["idle_conns"],
+        agent = meta["agent"].as_str().unwrap_or_default(),
+        source = meta["agent_source"].as_str().unwrap_or_default(),
     );
     std::fs::create_dir_all(root.join("docs"))?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

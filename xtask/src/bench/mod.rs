@@ -120,6 +120,12 @@ pub fn run(opts: &Bench) -> Result<ExitCode> {
         "cpus": {"client": cpus.client, "server": cpus.server, "proxy": cpus.proxy},
         "proxy_threads": threads,
         "kernel": docs::kernel(),
+        "agent": bins.agent.display().to_string(),
+        "agent_source": if opts.agent.is_some() {
+            "given with --agent".to_string()
+        } else {
+            docs::source_state(&root)
+        },
         "durations": format!("{durations:?}"),
         "idle_conns": scenario::idle_conns(
             durations.idle_conns,

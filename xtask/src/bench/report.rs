@@ -347,14 +347,27 @@ const COLORS: [(Contender, &str); 3] = [
     (Contender::Envoy, "#ef6c00"),
 ];
 
-/// One row per metric, a bar per contender scaled to the row's largest value, the value
+/// The metrics the chart shows: the headline of each scenario (the table has the rest).
+const CHARTED: &[&str] = &[
+    "l4-throughput-1",
+    "l4-throughput-8",
+    "l4-rr-latency-p50",
+    "l4-rr-latency-p99",
+    "l4-connect-rate",
+    "l4-connect-rate-proxy-cpu",
+    "memory-idle",
+    "memory-idle-conns",
+    "memory-after-burst",
+];
+
+/// One row per charted metric, a bar per contender scaled to the row's largest value, the value
 /// written at the bar's end; the row title says which way is better.
 pub fn to_svg(report: &Report, title: &str) -> String {
     let (label_w, bar_w, bar_h, gap) = (250.0, 420.0, 13.0, 14.0);
     let rows: Vec<&Entry> = report
         .entries
         .iter()
-        .filter(|e| !e.stats.is_empty())
+        .filter(|e| !e.stats.is_empty() && CHARTED.contains(&e.metric.name))
         .collect();
     let row_h = |e: &Entry| e.stats.len() as f64 * (bar_h + 2.0) + gap;
     let height = 60.0 + rows.iter().map(|e| row_h(e)).sum::<f64>();
