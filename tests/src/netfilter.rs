@@ -182,15 +182,17 @@ pub fn in_pod(pod: &Pod, program: &str, args: &[&str]) -> Result<String> {
     crate::cmd::run(&mut cmd).with_context(|| format!("in pod {}", pod.name()))
 }
 
-/// `mesh-agent iptables <action> --netns <pod> --backend <b> <extra>...`, run from the
+/// `mesh-agent iptables <action> --netns <pod> [--backend <b> <extra>...]`, run from the
 /// test's own netns as an operator would; fails unless it exits 0. Returns stdout, trimmed.
+/// `cleanup` takes no backend or rule flags: it removes Sluice's rules from every backend.
 pub fn cli(pod: &Pod, action: &str, backend: Backend, extra: &[String]) -> Result<String> {
     let bin = crate::agent_bin()?;
     let mut cmd = Command::new(&bin);
     cmd.args(["iptables", action, "--netns"])
-        .arg(pod.netns_path())
-        .args(["--backend", backend.arg()])
-        .args(extra);
+        .arg(pod.netns_path());
+    if action != "cleanup" {
+        cmd.args(["--backend", backend.arg()]).args(extra);
+    }
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     ensure!(

@@ -23,7 +23,7 @@ use crate::{
 struct Captured {
     workload: Workload,
     spec: CaptureSpec,
-    _open: PodListeners,
+    listeners: PodListeners,
 }
 
 /// What `/config_dump` shows of a captured pod.
@@ -52,8 +52,9 @@ impl Enrollment {
     }
 
     /// Brings captured pods in line with `config`. A pod that fails to enroll is logged and
-    /// counted; the others go on.
-    pub fn reconcile(&mut self, config: &Config) {
+    /// counted; the others go on, and a later call (the agent retries periodically) tries it
+    /// again.
+    pub async fn reconcile(&mut self, config: &Config) {
         let desired: BTreeMap<WorkloadKey, &Workload> = config
             .workloads
             .iter()
@@ -71,13 +72,13 @@ impl Enrollment {
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
-            self.remove(&key);
+            self.remove(&key).await;
         }
         for (key, workload) in desired {
             match self.pods.get(&key) {
                 Some(current) if current.workload == *workload => {}
                 Some(_) => self.update_exclusions(&key, workload),
-                None => self.add(key, workload),
+                None => self.add(key, workload).await,
             }
         }
         self.metrics.enrolled_pods.set(self.pods.len() as i64);
@@ -102,8 +103,8 @@ impl Enrollment {
         }
     }
 
-    fn add(&mut self, key: WorkloadKey, workload: &Workload) {
-        match self.capture(workload) {
+    async fn add(&mut self, key: WorkloadKey, workload: &Workload) {
+        match self.capture(workload).await {
             Ok(captured) => {
                 info!(pod = %key, mode = %captured.spec.mode, listeners = ?captured.spec.listeners, "pod enrolled");
                 self.pods.insert(key, captured);
@@ -115,7 +116,7 @@ impl Enrollment {
         }
     }
 
-    fn capture(&self, workload: &Workload) -> anyhow::Result<Captured> {
+    async fn capture(&self, workload: &Workload) -> anyhow::Result<Captured> {
         let (netns_path, cgroup) = match (&workload.netns, &workload.cgroup) {
             (Some(n), Some(c)) => (n, c),
             _ => anyhow::bail!("enrolled workload without netns or cgroup"),
@@ -141,26 +142,24 @@ impl Enrollment {
             netns: Netns::open(netns_path)?,
             listeners,
         });
-        let open = PodListeners::open(pod, self.proxy.clone())
-            .context("opening the pod's listeners")
-            .and_then(|open| {
-                self.redirect
-                    .enroll(&spec)
-                    .with_context(|| format!("starting {mode} steering"))
-                    .map(|()| open)
-            });
-        match open {
-            Ok(open) => Ok(Captured {
-                workload: workload.clone(),
-                spec,
-                _open: open,
-            }),
+        let listeners = match PodListeners::open(pod, self.proxy.clone()) {
+            Ok(listeners) => listeners,
             Err(err) => {
-                // Undo whatever part of steering started (and free the listener address).
                 self.release_steering(&spec);
-                Err(err)
+                return Err(err).context("opening the pod's listeners");
             }
+        };
+        if let Err(err) = self.redirect.enroll(&spec) {
+            // Undo whatever part of steering started, and free the listeners for a retry.
+            self.release_steering(&spec);
+            listeners.close().await;
+            return Err(err).with_context(|| format!("starting {mode} steering"));
         }
+        Ok(Captured {
+            workload: workload.clone(),
+            spec,
+            listeners,
+        })
     }
 
     /// Exclusions change in place: the mode's enroll overwrites its state atomically, so
@@ -185,11 +184,13 @@ impl Enrollment {
         }
     }
 
-    fn remove(&mut self, key: &WorkloadKey) {
+    async fn remove(&mut self, key: &WorkloadKey) {
         if let Some(pod) = self.pods.remove(key) {
+            // Steering stops first, then the listeners close: no connect is ever steered
+            // to a closed listener.
             self.release_steering(&pod.spec);
+            pod.listeners.close().await;
             info!(pod = %key, "pod released");
-            // Dropping `pod` closes its listeners, after steering stopped.
         }
     }
 

@@ -6,9 +6,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
     sync::{
-        Arc, Mutex,
+        Arc, RwLock,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -32,6 +33,9 @@ use crate::{
     sys::{mounts, netns},
 };
 
+/// How often pods that failed to enroll are tried again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// `mesh-agent run`: runs until SIGTERM or SIGINT. Pinned steering stays in place on exit so
 /// a restarted agent takes over without a gap (`mesh-agent cleanup` removes it).
 pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
@@ -54,19 +58,14 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     metrics.set_redirect_mode(node_mode.as_str());
 
     let proxy = ProxyContext::new(metrics.clone(), &config);
-    let enrollment = Arc::new(Mutex::new(Enrollment::new(
-        redirect.clone(),
-        proxy.clone(),
-        metrics.clone(),
-    )));
-    {
-        let mut pods = lock(&enrollment);
-        pods.reconcile(&config);
-        pods.drop_stale_steering();
-    }
+    let mut enrollment = Enrollment::new(redirect.clone(), proxy.clone(), metrics.clone());
+    enrollment.reconcile(&config).await;
+    enrollment.drop_stale_steering();
+    // What /config_dump shows of the captured pods, refreshed after each reconcile.
+    let pods_view = Arc::new(RwLock::new(serde_json::json!(enrollment.view())));
 
     let ready = Arc::new(AtomicBool::new(false));
-    let pods_view = enrollment.clone();
+    let view = pods_view.clone();
     admin::serve(Arc::new(AdminState {
         config: configs.clone(),
         redirect: redirect.clone(),
@@ -74,7 +73,7 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         logs: Arc::new(logs),
         ready: ready.clone(),
-        pods: Box::new(move || serde_json::json!(lock(&pods_view).view())),
+        pods: Box::new(move || view.read().unwrap_or_else(|p| p.into_inner()).clone()),
     }))
     .await
     .context("starting the admin, metrics and readiness endpoints")?;
@@ -84,6 +83,8 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut applied = config;
+    // Pods that failed to enroll (a netns not ready yet, a transient tool error) are retried.
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
     loop {
         tokio::select! {
             changed = configs.changed() => {
@@ -94,13 +95,16 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
                 let next = configs.borrow_and_update().clone();
                 warn_restart_only_changes(&applied, &next);
                 proxy.update(&next);
-                lock(&enrollment).reconcile(&next);
+                enrollment.reconcile(&next).await;
                 metrics.config_reloads.inc();
                 applied = next;
             }
+            _ = retry.tick() => enrollment.reconcile(&applied).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+        *pods_view.write().unwrap_or_else(|p| p.into_inner()) =
+            serde_json::json!(enrollment.view());
     }
     info!("stopping; steering stays pinned for the next agent");
     Ok(())
@@ -152,10 +156,6 @@ fn start_redirect(config: &Config, node_mode: RedirectMode) -> anyhow::Result<Ro
         }
     }
     Ok(Router::new(node_mode, running))
-}
-
-fn lock(enrollment: &Mutex<Enrollment>) -> std::sync::MutexGuard<'_, Enrollment> {
-    enrollment.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn ebpf_settings(config: &Config) -> anyhow::Result<EbpfSettings> {

@@ -24,8 +24,8 @@ pub enum Command {
     /// Apply Sluice's ruleset in a netns. An equivalent ruleset already there is left
     /// untouched; drift in Sluice's chains is repaired; other rules are never touched.
     Apply(PodArgs),
-    /// Remove exactly Sluice's rules from a netns.
-    Cleanup(PodArgs),
+    /// Remove exactly Sluice's rules from a netns, from every backend and both IP families.
+    Cleanup(NetnsArg),
 }
 
 #[derive(Args)]
@@ -71,11 +71,17 @@ pub struct PodRuleArgs {
 }
 
 #[derive(Args)]
-pub struct PodArgs {
+pub struct NetnsArg {
     /// The pod's network namespace (e.g. /run/netns/NAME or /proc/PID/ns/net); default:
     /// the current one, as in an init container.
     #[arg(long)]
     netns: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PodArgs {
+    #[command(flatten)]
+    netns: NetnsArg,
     /// `auto`: nftables when `nft` is installed, else iptables (legacy only where legacy
     /// rules already exist in the netns).
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
@@ -114,19 +120,14 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cleanup(args) => {
-            let (netns, _, families) = open(&args)?;
-            let target = target(netns.as_ref());
-            let backend = choose(args.backend, target);
-            let removed = Applier::default().remove(target, backend, &families)?;
-            println!(
-                "{}: {}",
-                backend.as_str(),
-                if removed {
-                    "removed"
-                } else {
-                    "nothing to remove"
-                }
-            );
+            let netns = args.netns.as_deref().map(Netns::open).transpose()?;
+            let removed = Applier::default().remove_everywhere(target(netns.as_ref()))?;
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            for backend in removed {
+                println!("{}: removed", backend.as_str());
+            }
             Ok(())
         }
     }
@@ -181,7 +182,7 @@ fn pod_families(pod: &PodRuleArgs) -> Vec<Family> {
 }
 
 fn open(args: &PodArgs) -> anyhow::Result<(Option<Netns>, RuleSet, Vec<Family>)> {
-    let netns = args.netns.as_deref().map(Netns::open).transpose()?;
+    let netns = args.netns.netns.as_deref().map(Netns::open).transpose()?;
     let rules = pod_rules(&args.pod.exclude_ports, &args.pod.exclude_cidrs);
     Ok((netns, rules, pod_families(&args.pod)))
 }

@@ -38,7 +38,8 @@ pub struct Pod {
     pub listeners: Vec<SocketAddr>,
 }
 
-/// A pod's open listeners. Dropping it stops accepting; connections already accepted run on.
+/// A pod's open listeners. Closing (or dropping) it stops accepting; connections already
+/// accepted run on.
 #[derive(Debug)]
 pub struct PodListeners {
     tasks: Vec<JoinHandle<()>>,
@@ -53,6 +54,17 @@ impl Drop for PodListeners {
 }
 
 impl PodListeners {
+    /// Stops accepting and returns once the listening sockets are closed, so their addresses
+    /// can be bound again straight away (a dropped listener closes a little later, when its
+    /// task is torn down).
+    pub async fn close(mut self) {
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+            // Cancelled (or, impossibly, finished): either way the socket is gone.
+            let _ = task.await;
+        }
+    }
+
     /// Binds every listener inside the pod's netns and starts accepting.
     pub fn open(pod: Arc<Pod>, ctx: Arc<ProxyContext>) -> Result<Self, ListenError> {
         let mut listeners = Vec::new();

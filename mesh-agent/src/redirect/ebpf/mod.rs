@@ -202,7 +202,13 @@ impl Redirect for EbpfRedirect {
         let id = mounts::cgroup_id(&spec.cgroup).map_err(EbpfError::from)?;
         let mut map = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
         match map.remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            // Never enrolled (e.g. its listeners failed to open): nothing to stop.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(error) => Err(EbpfError::Map {
                 name: map_names::ENROLLED,
                 error,

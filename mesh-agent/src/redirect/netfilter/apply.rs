@@ -49,9 +49,9 @@ impl Applier {
     ) -> Result<Outcome, ApplyError> {
         let outcome = self.apply_one(target, backend, rules, families)?;
         if !matches!(target, NetnsTarget::Scratch) {
-            for other in [Backend::Nft, Backend::IptablesNft, Backend::IptablesLegacy] {
+            for other in Backend::ALL {
                 if other != backend && other.installed() {
-                    self.remove(target, other, families)?;
+                    self.remove(target, other)?;
                 }
             }
         }
@@ -110,13 +110,21 @@ impl Applier {
         Ok(outcome)
     }
 
-    /// Removes exactly our table, or our jumps and chains; returns whether anything was there.
-    pub fn remove(
-        &self,
-        target: NetnsTarget<'_>,
-        backend: Backend,
-        families: &[Family],
-    ) -> Result<bool, ApplyError> {
+    /// Removes our rules from every installed backend; returns the backends that had some.
+    pub fn remove_everywhere(&self, target: NetnsTarget<'_>) -> Result<Vec<Backend>, ApplyError> {
+        let mut had = Vec::new();
+        for backend in Backend::ALL {
+            if backend.installed() && self.remove(target, backend)? {
+                had.push(backend);
+            }
+        }
+        Ok(had)
+    }
+
+    /// Removes exactly our table, or our jumps and chains in both families (whatever the
+    /// pod has now, an earlier ruleset may have covered IPv6); returns whether anything
+    /// was there.
+    fn remove(&self, target: NetnsTarget<'_>, backend: Backend) -> Result<bool, ApplyError> {
         let err = |error| ApplyError::Exec {
             backend: backend.as_str(),
             error,
@@ -129,12 +137,17 @@ impl Applier {
             return Ok(true);
         }
         let mut removed = false;
-        for &family in families {
+        for family in [Family::V4, Family::V6] {
             if backend == Backend::IptablesLegacy && !backend::legacy_tables_exist(target, family) {
                 continue;
             }
             let (restore, save) = backend.iptables_tools(family);
-            let live = exec::run(target, save, &["-t", "nat"], "").map_err(err)?;
+            let live = match exec::run(target, save, &["-t", "nat"], "") {
+                Ok(live) => live,
+                // A kernel without IPv6 has no IPv6 rules of ours either.
+                Err(_) if family == Family::V6 => continue,
+                Err(error) => return Err(err(error)),
+            };
             let mut payload = String::from("*nat\n");
             for line in live.lines() {
                 let jumps_to_ours = line.ends_with(&format!("-j {OUTPUT_CHAIN}"))

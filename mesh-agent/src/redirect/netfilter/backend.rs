@@ -13,6 +13,8 @@ pub enum Backend {
 }
 
 impl Backend {
+    pub const ALL: [Backend; 3] = [Backend::Nft, Backend::IptablesNft, Backend::IptablesLegacy];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Nft => "nft",

@@ -170,8 +170,7 @@ impl Redirect for NetfilterRedirect {
     }
 
     fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
-        let record = self
-            .pods
+        self.pods
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&spec.key);
@@ -179,16 +178,11 @@ impl Redirect for NetfilterRedirect {
         let Ok(netns) = Netns::open(&spec.netns) else {
             return Ok(());
         };
-        let backend = record.map_or_else(|| self.backend(&netns), |r| r.backend);
-        if self
+        let had = self
             .applier
-            .remove(
-                NetnsTarget::Pod(&netns),
-                backend,
-                &families(&spec.listeners),
-            )
-            .map_err(NetfilterError::from)?
-        {
+            .remove_everywhere(NetnsTarget::Pod(&netns))
+            .map_err(NetfilterError::from)?;
+        if !had.is_empty() {
             self.removed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
