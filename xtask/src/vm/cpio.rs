@@ -8,6 +8,7 @@ use std::io::{self, Write};
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
 const S_IFCHR: u32 = 0o020_000;
+const S_IFLNK: u32 = 0o120_000;
 
 /// Writes entries in order; parent directories are added on first use.
 pub struct Writer<W: Write> {
@@ -41,6 +42,13 @@ impl<W: Write> Writer<W> {
     pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
         let path = self.parents(path)?;
         self.entry(&path, S_IFREG | (mode & 0o7777), (0, 0), data)
+    }
+
+    /// A symbolic link at `path` pointing at `target` (multi-call binaries dispatch on the
+    /// name they are called by, so their aliases must stay links, not copies).
+    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        let path = self.parents(path)?;
+        self.entry(&path, S_IFLNK | 0o777, (0, 0), target.as_bytes())
     }
 
     pub fn char_device(&mut self, path: &str, major: u32, minor: u32) -> io::Result<()> {
@@ -110,6 +118,22 @@ mod tests {
         assert!(a < b && b < trailer && trailer < out.len());
         assert!(text.starts_with("070701"));
         assert!(text.contains("hello"));
+        Ok(())
+    }
+
+    #[test]
+    fn symlinks_carry_their_target_as_data() -> std::io::Result<()> {
+        let mut cpio = Writer::new(Vec::new());
+        cpio.symlink("usr/sbin/nft-alias", "nft")?;
+        let text = String::from_utf8_lossy(&cpio.finish()?).into_owned();
+        // Mode 0o120777 in the second header field, then the name, then the target.
+        let at = text.find("usr/sbin/nft-alias\0").unwrap_or(0);
+        let header = &text[..at];
+        let entry = &header[header.rfind("070701").unwrap_or(0)..];
+        assert_eq!(&entry[14..22], "0000a1ff");
+        assert!(text[at..].starts_with("usr/sbin/nft-alias\0"));
+        // The link's data (after the padded name) is its target.
+        assert!(text[at..].contains("\0nft"));
         Ok(())
     }
 }

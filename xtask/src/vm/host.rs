@@ -1,6 +1,5 @@
-//! What the host lends the VM: QEMU and xz to run and unpack, iproute2's `ip` and `bpftool`
-//! (copied into the initramfs with their shared libraries, because busybox `ip` cannot make
-//! veth pairs and busybox has no bpftool), and Debian's static busybox.
+//! What the host lends the VM: QEMU and xz to run and unpack, the programs `userland` copies
+//! into the initramfs (`ip`, `bpftool`, `nft`, iptables), and Debian's static busybox.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +15,9 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
+    ("nft", "nftables"),
+    ("xtables-nft-multi", "iptables"),
+    ("xtables-legacy-multi", "iptables"),
     ("xz", "xz-utils"),
 ];
 
@@ -32,7 +34,8 @@ pub fn ensure_tools() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    packages.dedup();
     let manual = format!(
         "apt-get update && apt-get install -y --no-install-recommends {}",
         packages.join(" ")

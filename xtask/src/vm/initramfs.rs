@@ -1,6 +1,7 @@
-//! The VM's whole userland, as one initramfs: busybox, `ip` and `bpftool` with their libraries,
-//! the kernel's modules, the static test binaries and an `/init` that mounts what the test bed
-//! expects, runs the suites and prints the markers the host parses.
+//! The VM's whole userland, as one initramfs: busybox, the host programs of `userland` with
+//! their libraries, the kernel's modules, the static test binaries and an `/init` that mounts
+//! what the test bed expects, loads the modules, runs the suites and prints the markers the
+//! host parses.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -9,14 +10,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::cpio;
-use super::kernels::Module;
+use super::modules::ModuleSet;
 use super::report::marker;
+use super::userland::Userland;
 
 /// What goes into every kernel's initramfs; only the modules differ.
 pub struct Payload {
     pub busybox: PathBuf,
-    /// Dynamically linked host tools: (path in the guest, host binary, its libraries).
-    pub tools: Vec<(String, PathBuf, Vec<PathBuf>)>,
+    /// Host programs, their libraries and aliases.
+    pub userland: Userland,
     pub agent: PathBuf,
     pub testapp: PathBuf,
     pub suites: Vec<(String, PathBuf)>,
@@ -30,7 +32,7 @@ pub struct Payload {
 pub const PROBE_ARG: &str = "sluice.probe";
 
 /// Writes the initramfs for one kernel to `path`.
-pub fn write(path: &Path, payload: &Payload, modules: &[Module]) -> Result<()> {
+pub fn write(path: &Path, payload: &Payload, modules: &ModuleSet) -> Result<()> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut cpio = cpio::Writer::new(BufWriter::new(file));
     let io =
@@ -41,22 +43,27 @@ pub fn write(path: &Path, payload: &Payload, modules: &[Module]) -> Result<()> {
         cpio.dir(dir).map_err(io)?;
     }
     cpio.char_device("dev/console", 5, 1).map_err(io)?;
-    cpio.file("init", 0o755, init_script(payload).as_bytes())
-        .map_err(io)?;
+    cpio.file(
+        "init",
+        0o755,
+        init_script(payload, &modules.load).as_bytes(),
+    )
+    .map_err(io)?;
     add(&mut cpio, "bin/busybox", &payload.busybox)?;
     // Tools that read these files misbehave without them (e.g. `ip netns` expects /etc).
     cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
         .map_err(io)?;
     cpio.file("etc/group", 0o644, b"root:x:0:\n").map_err(io)?;
-    for (guest, binary, libraries) in &payload.tools {
-        add(&mut cpio, guest, binary)?;
-        for library in libraries {
-            add(&mut cpio, &library.to_string_lossy(), library)?;
-        }
+    for (guest, host) in &payload.userland.files {
+        add(&mut cpio, guest, host)?;
     }
-    for (index, module) in modules.iter().enumerate() {
-        let name = format!("modules/{index:02}-{}.ko", module.name);
-        cpio.file(&name, 0o644, &module.image).map_err(io)?;
+    for (guest, target) in &payload.userland.links {
+        cpio.symlink(guest, target).map_err(io)?;
+    }
+    // busybox `depmod` in `/init` writes modules.dep and modules.alias from these.
+    for module in &modules.modules {
+        let guest = format!("lib/modules/{}/{}", modules.release, module.path);
+        cpio.file(&guest, 0o644, &module.image).map_err(io)?;
     }
     add(&mut cpio, "sluice/mesh-agent", &payload.agent)?;
     add(&mut cpio, "sluice/sluice-testapp", &payload.testapp)?;
@@ -83,7 +90,9 @@ fn quote(word: &str) -> String {
 /// The guest's `/init`. Runs as PID 1 under busybox sh; every path the test bed needs is a
 /// fresh mount: /run/netns for `ip netns`, cgroup2 at /sys/fs/cgroup, bpffs at /sys/fs/bpf.
 /// It never exits (that would panic the kernel): it powers off, and the host reads markers.
-fn init_script(payload: &Payload) -> String {
+/// `load` are the modules to load at boot; the kernel asks `/sbin/modprobe` (busybox) for
+/// the rest on demand.
+fn init_script(payload: &Payload, load: &[String]) -> String {
     let args: Vec<String> = payload.test_args.iter().map(|arg| quote(arg)).collect();
     let args = args.join(" ");
     let mut exports = String::new();
@@ -111,9 +120,9 @@ if grep -qw {probe_arg} /proc/cmdline; then
   echo "{probe_ok}"
   poweroff -f
 fi
-for module in /modules/*.ko; do
-  [ -e "$module" ] || continue
-  insmod "$module" || echo "{note} insmod $module failed"
+depmod || echo "{note} depmod failed"
+for module in {load}; do
+  modprobe "$module" || echo "{note} modprobe $module failed"
 done
 ip link set lo up
 echo "{features} begin"
@@ -122,6 +131,10 @@ bpftool feature probe kernel 2>&1 | awk '
   /^\t- / {{ if (section ~ /^({prog_types})$/) print "{features} helper " section " " $2; next }}
   /program_type|map_type/ {{ section = ""; print "{features} " $0; next }}
   {{ section = "" }}'
+/sluice/mesh-agent check 2>&1 | awk '
+  /^(ebpf|nftables|iptables) +(available|unavailable)$/ {{ print "{features} mode " $1 " " $2; next }}
+  /^mode: / {{ print "{features} mode chosen " $2; next }}
+  /^FAIL / {{ print "{features} check " $0 }}'
 echo "{features} end"
 export SLUICE_AGENT_BIN=/sluice/mesh-agent SLUICE_TESTAPP_BIN=/sluice/sluice-testapp
 export RUST_BACKTRACE=1
@@ -144,6 +157,7 @@ poweroff -f
         probe_arg = PROBE_ARG,
         probe_ok = marker::PROBE_OK,
         note = marker::NOTE,
+        load = load.join(" "),
         features = marker::FEATURE,
         prog_types = super::report::prog_types().join("|"),
         suite_begin = marker::SUITE_BEGIN,
@@ -160,17 +174,19 @@ mod tests {
     fn init_runs_each_suite_single_threaded_with_quoted_args() {
         let payload = Payload {
             busybox: PathBuf::new(),
-            tools: Vec::new(),
+            userland: Userland::default(),
             agent: PathBuf::new(),
             testapp: PathBuf::new(),
             suites: vec![("outbound".into(), PathBuf::new())],
             test_args: vec!["it's".into()],
             env: vec!["RUST_LOG=debug".into()],
         };
-        let script = init_script(&payload);
+        let script = init_script(&payload, &["veth".into(), "nf_tables".into()]);
         assert!(script.contains("run_suite 'outbound' 'it'\\''s'\n"));
         assert!(script.contains("--test-threads=1"));
         assert!(script.contains("export 'RUST_LOG=debug'\n"));
         assert!(script.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
+        assert!(script.contains("for module in veth nf_tables; do"));
+        assert!(script.find("depmod") < script.find("modprobe \"$module\""));
     }
 }

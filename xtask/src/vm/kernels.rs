@@ -1,10 +1,9 @@
 //! Debian's cloud kernels: which suite carries which kernel, fetching and unpacking the
-//! package once (cached under `target/vm/kernels/`), and the modules the tests need from it.
+//! package once (cached under `target/vm/kernels/`); `modules` picks the guest's modules.
 //!
 //! The cloud flavour has BPF and cgroup support built in and boots quickly under QEMU; veth,
 //! bridge and most network drivers are modules, so they come from the same package.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,10 +12,6 @@ use anyhow::{Context, Result, bail};
 
 use super::apt::{self, Apt};
 use crate::cmd;
-
-/// The modules the test bed needs (veth pairs into a bridge); their dependencies (stp, llc)
-/// are resolved from each module's `depends=`.
-pub const NEEDED_MODULES: &[&str] = &["veth", "bridge"];
 
 /// A kernel line the matrix covers, and the Debian suites that carry it (first that has it
 /// wins).
@@ -148,127 +143,6 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf> {
     bail!("no {prefix}* in {}", dir.display())
 }
 
-/// A module ready for `insmod`: its name and uncompressed contents.
-pub struct Module {
-    pub name: String,
-    pub image: Vec<u8>,
-}
-
-impl Kernel {
-    /// `wanted` and what they depend on, dependencies first, decompressed on the host so the
-    /// guest's busybox `insmod` needs no xz or zstd support. Built-in modules are skipped.
-    pub fn modules(&self, wanted: &[&str]) -> Result<Vec<Module>> {
-        let mut files = BTreeMap::new();
-        index_modules(&self.modules_dir.join("kernel"), &mut files)?;
-        let builtin =
-            fs::read_to_string(self.modules_dir.join("modules.builtin")).unwrap_or_default();
-        let mut ordered = Vec::new();
-        for name in wanted {
-            self.add_module(name, &files, &builtin, &mut ordered, 0)?;
-        }
-        Ok(ordered)
-    }
-
-    fn add_module(
-        &self,
-        name: &str,
-        files: &BTreeMap<String, PathBuf>,
-        builtin: &str,
-        ordered: &mut Vec<Module>,
-        depth: usize,
-    ) -> Result<()> {
-        let name = module_key(name);
-        if ordered.iter().any(|module| module.name == name) {
-            return Ok(());
-        }
-        let Some(path) = files.get(&name) else {
-            let built_in = builtin
-                .lines()
-                .filter_map(|line| line.rsplit('/').next())
-                .any(|file| module_key(file.trim_end_matches(".ko")) == name);
-            if built_in {
-                return Ok(());
-            }
-            bail!(
-                "module {name} is neither in {} nor built into {}",
-                self.modules_dir.display(),
-                self.package
-            );
-        };
-        if depth > 16 {
-            bail!("module dependencies of {name} nest too deep (a cycle?)");
-        }
-        let image = decompress(path)?;
-        for dep in depends(&image) {
-            self.add_module(&dep, files, builtin, ordered, depth + 1)?;
-        }
-        ordered.push(Module { name, image });
-        Ok(())
-    }
-}
-
-/// Module names treat `-` and `_` alike.
-fn module_key(name: &str) -> String {
-    name.replace('-', "_")
-}
-
-fn index_modules(dir: &Path, files: &mut BTreeMap<String, PathBuf>) -> Result<()> {
-    let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        let path = entry.path();
-        if path.is_dir() {
-            index_modules(&path, files)?;
-        } else if let Some(file) = path.file_name().and_then(|name| name.to_str())
-            && let Some((stem, _)) = file.split_once(".ko")
-        {
-            files.insert(module_key(stem), path);
-        }
-    }
-    Ok(())
-}
-
-fn decompress(path: &Path) -> Result<Vec<u8>> {
-    let name = path.to_string_lossy();
-    let tool = if name.ends_with(".ko.xz") {
-        "xz"
-    } else if name.ends_with(".ko.zst") {
-        "zstd"
-    } else if name.ends_with(".ko.gz") {
-        "gzip"
-    } else {
-        return fs::read(path).with_context(|| format!("cannot read {}", path.display()));
-    };
-    let out = Command::new(tool)
-        .args(["-d", "-c"])
-        .arg(path)
-        .output()
-        .with_context(|| format!("cannot run {tool} to decompress {}", path.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{tool} could not decompress {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
-}
-
-/// The `depends=a,b` entry of a module's `.modinfo` section (null-terminated strings).
-fn depends(image: &[u8]) -> Vec<String> {
-    image
-        .split(|&byte| byte == 0)
-        .find_map(|field| field.strip_prefix(b"depends="))
-        .map(|list| {
-            String::from_utf8_lossy(list)
-                .split(',')
-                .filter(|dep| !dep.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The lines selected by `--kernel`.
 pub fn select(which: &str) -> Result<Vec<KernelLine>> {
     if which == "all" {
@@ -294,13 +168,6 @@ pub fn select(which: &str) -> Result<Vec<KernelLine>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_depends_from_modinfo() {
-        let image = b"\x7fELF..\0license=GPL\0depends=stp,llc\0vermagic=5.10\0";
-        assert_eq!(depends(image), ["stp", "llc"]);
-        assert!(depends(b"\0depends=\0").is_empty());
-    }
 
     #[test]
     fn selects_kernel_lines() {

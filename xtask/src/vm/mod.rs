@@ -3,8 +3,9 @@
 //! (5.10) and not only on the machine that builds them.
 //!
 //! Per kernel: fetch the package once (private apt, cached under `target/vm/kernels`), pack an
-//! initramfs with busybox, `ip`, `bpftool`, the needed modules and the static test binaries,
-//! boot it, and read the results from the serial console. Only markers printed by `/init`
+//! initramfs with busybox, `ip`, `bpftool`, `nft`, iptables (nf_tables and legacy), the
+//! kernel's netfilter modules and the static test binaries, boot it, and read the results
+//! from the serial console. Only markers printed by `/init`
 //! count: a panic, a hang or a missing marker is a failure.
 
 mod apt;
@@ -13,8 +14,10 @@ mod cpio;
 mod host;
 mod initramfs;
 mod kernels;
+mod modules;
 mod qemu;
 mod report;
+mod userland;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -79,7 +82,7 @@ pub fn run(opts: &VmTest) -> Result<ExitCode> {
         let run_dir = vm_dir.join("run").join(line.label);
         fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
-        let modules = kernel.modules(kernels::NEEDED_MODULES)?;
+        let modules = kernel.module_set()?;
         let initramfs = run_dir.join("initramfs.cpio");
         initramfs::write(&initramfs, &payload, &modules)?;
         accel = qemu::choose(accel, &kernel.vmlinuz, &initramfs, &run_dir)?;
@@ -180,19 +183,13 @@ fn boot(
 /// Everything but the modules, gathered once for all kernels.
 fn payload(vm_dir: &Path, binaries: build::Binaries, opts: &VmTest) -> Result<initramfs::Payload> {
     let stage = vm_dir.join("stage");
-    let mut tools = Vec::new();
-    for tool in ["ip", "bpftool"] {
-        let binary = host::locate(tool).with_context(|| format!("{tool} is not installed"))?;
-        let libraries = host::shared_libraries(&binary)?;
-        tools.push((format!("usr/sbin/{tool}"), binary, libraries));
-    }
     let mut suites = Vec::new();
     for (name, binary) in &binaries.suites {
         suites.push((name.clone(), host::stripped(binary, &stage, name)?));
     }
     Ok(initramfs::Payload {
         busybox: host::busybox(&vm_dir.join("tools"), &apt::host_mirror())?,
-        tools,
+        userland: userland::Userland::gather()?,
         agent: host::stripped(&binaries.agent, &stage, "mesh-agent")?,
         testapp: host::stripped(&binaries.testapp, &stage, "sluice-testapp")?,
         suites,

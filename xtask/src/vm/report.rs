@@ -310,29 +310,88 @@ pub fn prog_types() -> Vec<&'static str> {
 
 const MAP_TYPES: &[&str] = &["hash", "percpu_array"];
 
-/// Behaviours only a real run shows, each with the test whose outcome is its evidence.
+/// Behaviours only a real run shows, each with the test whose outcome is its evidence
+/// (`mode::test` names one redirect mode's run of an outbound scenario).
 const BEHAVIOURS: &[(&str, &str)] = &[
     (
         "IPv4: connect4 rewrite, sock_ops bookkeeping, getsockopt SO_ORIGINAL_DST, getpeername4",
-        "enrolled_pod_is_captured_end_to_end",
+        "ebpf::enrolled_pod_is_captured_end_to_end",
     ),
     (
         "IPv6: connect6 rewrite, getsockopt IP6T_SO_ORIGINAL_DST, getpeername6",
-        "enrolled_pod_ipv6_is_captured",
+        "ebpf::enrolled_pod_ipv6_is_captured",
     ),
     (
         "capture from a child cgroup (ancestor cgroup id)",
-        "container_cgroup_of_enrolled_pod_is_captured",
+        "ebpf::container_cgroup_of_enrolled_pod_is_captured",
     ),
     (
         "bpf_link multi-attach, pinned links, detach on cleanup",
-        "cleanup_leaves_no_pins_or_programs",
+        "ebpf_cleanup_leaves_no_pins_or_programs",
     ),
     (
         "the agent's own upstream connects are not recaptured",
-        "agent_upstream_is_not_recaptured",
+        "ebpf::agent_upstream_is_not_recaptured",
+    ),
+    (
+        "nftables: `table inet sluice` nat redirect, conntrack SO_ORIGINAL_DST (v4)",
+        "nftables::enrolled_pod_is_captured_end_to_end",
+    ),
+    (
+        "nftables: the same over IPv6",
+        "nftables::enrolled_pod_ipv6_is_captured",
+    ),
+    (
+        "iptables-nft: SLUICE_OUTPUT REDIRECT (v4)",
+        "iptables::enrolled_pod_is_captured_end_to_end",
+    ),
+    (
+        "iptables-nft: the same over IPv6",
+        "iptables::enrolled_pod_ipv6_is_captured",
+    ),
+    (
+        "iptables-legacy: rules steer traffic",
+        "iptables_legacy::traffic_follows_the_rules",
+    ),
+    (
+        "the precheck's choice matches the kernel, and auto runs it",
+        "auto_mode_runs_what_check_chose_and_captures",
     ),
 ];
+
+/// Modes as `mesh-agent check` in the guest printed them (`mode <name> available`).
+const MODES: &[&str] = &["ebpf", "nftables", "iptables"];
+
+fn mode_probed(run: &KernelRun, mode: &str) -> &'static str {
+    let prefix = format!("mode {mode} ");
+    match run.features.iter().find(|line| line.starts_with(&prefix)) {
+        Some(line) if line.ends_with(" available") => "available",
+        Some(_) => "**unavailable**",
+        None => "?",
+    }
+}
+
+fn mode_chosen(run: &KernelRun) -> String {
+    run.features
+        .iter()
+        .find_map(|line| line.strip_prefix("mode chosen "))
+        .map_or("?".to_owned(), |mode| format!("`{mode}`"))
+}
+
+/// Failed checks (`check FAIL ...`), for the reader of a mode that is unavailable.
+fn failed_checks(run: &KernelRun) -> String {
+    let failed: Vec<String> = run
+        .features
+        .iter()
+        .filter_map(|line| line.strip_prefix("check "))
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if failed.is_empty() {
+        "none".to_owned()
+    } else {
+        failed.join("; ").replace('|', "/")
+    }
+}
 
 /// `yes`/`NO` from the guest's probe, or `?` when the probe printed nothing about it.
 fn probed(run: &KernelRun, kind: &str, name: &str) -> &'static str {
@@ -420,6 +479,20 @@ pub fn markdown(runs: &[KernelRun], command: &str, date: &str) -> String {
             row(&|run| probed(run, "map_type", map).to_owned())
         );
     }
+    let _ = writeln!(
+        md,
+        "\n## Redirect modes (`mesh-agent check` in the guest)\n"
+    );
+    cols(&mut md, "mode");
+    for mode in MODES {
+        let _ = writeln!(
+            md,
+            "| {mode} | {} |",
+            row(&|run| mode_probed(run, mode).to_owned())
+        );
+    }
+    let _ = writeln!(md, "| chosen by `auto` | {} |", row(&mode_chosen));
+    let _ = writeln!(md, "| failed checks | {} |", row(&failed_checks));
     let _ = writeln!(md, "\n## Helpers, per program type\n");
     cols(&mut md, "helper in program type (used by)");
     for program in PROGRAMS {
