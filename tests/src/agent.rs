@@ -19,6 +19,10 @@ pub const ADMIN: &str = "127.0.0.1:15000";
 pub const METRICS: &str = "127.0.0.1:15020";
 pub const READINESS: &str = "127.0.0.1:15021";
 
+/// What the agent logs when it is not inside its `cgroupRoot` and has to attach sock_ops and
+/// getsockopt above it (`mesh-agent/src/redirect/ebpf/attach.rs`).
+pub const OUTSIDE_ROOT_WARNING: &str = "runs outside cgroupRoot";
+
 /// The agent's YAML config (camelCase keys), as the agent's interface defines it.
 #[derive(Serialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
@@ -185,7 +189,8 @@ pub struct Agent<'n> {
 
 impl<'n> Agent<'n> {
     /// Writes the config, starts `mesh-agent run` in the node netns and the node's agent
-    /// cgroup (outside `cgroupRoot`, so never captured), and waits until ready.
+    /// cgroup (inside `cgroupRoot`, as a DaemonSet pod is, but never enrolled), waits until
+    /// ready, and fails if the agent warns that it runs outside `cgroupRoot`.
     pub fn start(node: &'n Node, config: AgentConfig) -> Result<Agent<'n>> {
         Agent::start_with_env(node, config, &[])
     }
@@ -238,6 +243,11 @@ impl<'n> Agent<'n> {
             want.display()
         );
         agent.wait_ready(Duration::from_secs(30))?;
+        let log = agent.log();
+        ensure!(
+            !log.contains(OUTSIDE_ROOT_WARNING),
+            "the agent says it runs outside cgroupRoot; log:\n{log}"
+        );
         Ok(agent)
     }
 

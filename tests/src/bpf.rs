@@ -1,44 +1,85 @@
 //! Inspecting what BPF state is left: programs attached to cgroups, pins in bpffs.
+//!
+//! "Attached" is read from the kernel's list of BPF links (`bpftool -j link show`), not
+//! from `bpftool cgroup tree`: bookworm's bpftool walks the tree by asking the kernel about
+//! every attach type it knows, and on 5.10, which knows fewer, it silently lists nothing.
+//! Every attachment the agent makes is a bpf_link, and a cgroup link names its cgroup by
+//! id, which is the cgroup directory's inode number.
 
 use crate::cmd;
 use anyhow::{Context, Result};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// One program attached to one cgroup, as `bpftool cgroup tree` reports it.
-#[derive(Debug, Clone, Deserialize)]
+/// One program attached to one cgroup by a BPF link.
+#[derive(Debug, Clone)]
 pub struct Attached {
-    #[serde(default)]
-    pub cgroup: String,
-    pub id: u64,
+    pub cgroup: PathBuf,
+    pub link_id: u64,
+    pub prog_id: u64,
     pub attach_type: String,
-    #[serde(default)]
-    pub name: String,
 }
 
+/// `bpftool -j link show` entries; only cgroup links carry `cgroup_id`.
 #[derive(Deserialize)]
-struct TreeEntry {
-    cgroup: String,
-    programs: Vec<Attached>,
+struct Link {
+    id: u64,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    prog_id: u64,
+    #[serde(default)]
+    cgroup_id: Option<u64>,
+    /// A name, or a number where bpftool does not know the kernel's attach type.
+    #[serde(default)]
+    attach_type: serde_json::Value,
 }
 
-/// Every program attached (directly, by link or not) anywhere in the subtree at `root`.
+/// Every program linked to a cgroup anywhere in the subtree at `root` (`root` included).
 pub fn attached_under(root: &Path) -> Result<Vec<Attached>> {
-    let root_s = root.to_str().context("cgroup path is not UTF-8")?;
-    let out = cmd::run(Command::new("bpftool").args(["-j", "cgroup", "tree", root_s]))?;
-    let tree: Vec<TreeEntry> =
-        serde_json::from_str(out.trim()).with_context(|| format!("bpftool output {out}"))?;
-    Ok(tree
+    let cgroups = cgroup_ids(root)?;
+    let out = cmd::run(Command::new("bpftool").args(["-j", "link", "show"]))?;
+    let links: Vec<Link> = if out.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(out.trim()).with_context(|| format!("bpftool output {out}"))?
+    };
+    Ok(links
         .into_iter()
-        .flat_map(|e| {
-            let cg = e.cgroup;
-            e.programs.into_iter().map(move |p| Attached {
-                cgroup: cg.clone(),
-                ..p
+        .filter(|link| link.kind == "cgroup")
+        .filter_map(|link| {
+            let cgroup = cgroups.get(&link.cgroup_id?)?.clone();
+            Some(Attached {
+                cgroup,
+                link_id: link.id,
+                prog_id: link.prog_id,
+                attach_type: match link.attach_type {
+                    serde_json::Value::String(name) => name,
+                    other => other.to_string(),
+                },
             })
         })
         .collect())
+}
+
+/// cgroup id (inode) -> directory, for `root` and every cgroup below it.
+fn cgroup_ids(root: &Path) -> Result<BTreeMap<u64, PathBuf>> {
+    let mut ids = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let meta = std::fs::metadata(&dir).with_context(|| format!("stat {}", dir.display()))?;
+        ids.insert(meta.ino(), dir.clone());
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// Every file (pin) below `dir`; empty when `dir` does not exist.

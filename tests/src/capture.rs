@@ -3,7 +3,11 @@
 //! The mode-neutral signal is the proxy's: a captured connection is one the proxy accepted,
 //! so `istio_tcp_connections_opened_total` for its source workload rose (before the
 //! upstream dial, so refused upstreams count too). In eBPF mode the programs' own counters
-//! are checked as well: they must agree.
+//! are checked as well, exactly: they must agree.
+//!
+//! The agent runs inside its `cgroupRoot` (see `crate::node`), so the eBPF programs also see
+//! its own connects: each captured connection's upstream dial counts once as
+//! `skip_not_enrolled`. Nothing else on a test node connects, so both deltas are exact.
 
 use crate::agent::Agent;
 use crate::metrics::Metrics;
@@ -13,6 +17,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const OPENED: &str = "istio_tcp_connections_opened_total";
+
+/// The eBPF counter the proxy's own upstream connects land in.
+pub const AGENT_CONNECTS: &str = "skip_not_enrolled";
 
 /// Counters at one moment, to compare with a later moment.
 #[derive(Debug, Clone)]
@@ -55,14 +62,19 @@ impl Snapshot {
 
     /// Asserts that each `(source, n)` had exactly `n` connections captured since `self`
     /// (waiting up to 5 s for the proxy's count); in eBPF mode, also that `captured` rose by
-    /// the total.
+    /// the total and `skip_not_enrolled` by as much (one upstream dial of the proxy each).
     pub fn expect_captured(&self, agent: &Agent, want: &[(&str, u64)]) -> Result<()> {
+        let total: u64 = want.iter().map(|(_, n)| n).sum();
         let now = crate::poll_until(Duration::from_secs(5), "proxy counts the captures", || {
             let now = Snapshot::take(agent)?;
-            let done = want
+            let opened = want
                 .iter()
                 .all(|(s, n)| self.opened_since(&now, s) >= *n as f64);
-            Ok(done.then_some(now))
+            let dialled = match self.mode {
+                Mode::Ebpf => self.ebpf_delta(&now, AGENT_CONNECTS)? >= total as i64,
+                _ => true,
+            };
+            Ok((opened && dialled).then_some(now))
         })?;
         for (source, n) in want {
             let got = self.opened_since(&now, source);
@@ -73,21 +85,22 @@ impl Snapshot {
             );
         }
         if self.mode == Mode::Ebpf {
-            let total: u64 = want.iter().map(|(_, n)| n).sum();
-            let got = self.ebpf_delta(&now, "captured")?;
-            ensure!(
-                got == total as i64,
-                "eBPF captured rose by {got}, want {total}: {:?} -> {:?}",
-                self.ebpf,
-                now.ebpf
-            );
+            for counter in ["captured", AGENT_CONNECTS] {
+                let got = self.ebpf_delta(&now, counter)?;
+                ensure!(
+                    got == total as i64,
+                    "eBPF {counter} rose by {got}, want {total}: {:?} -> {:?}",
+                    self.ebpf,
+                    now.ebpf
+                );
+            }
         }
         Ok(())
     }
 
-    /// Asserts that nothing was captured since `self`: the proxy opened no connection from
-    /// any source. In eBPF mode also that `captured` did not rise and `ebpf_reason` (the
-    /// skip counter that explains why) did.
+    /// Asserts that the one connection made since `self` was not captured: the proxy opened
+    /// no connection from any source. In eBPF mode also that `captured` did not rise and
+    /// `ebpf_reason` (the skip counter that explains why) rose by exactly one.
     pub fn expect_not_captured(&self, agent: &Agent, ebpf_reason: &str) -> Result<()> {
         let now = Snapshot::take(agent)?;
         let total = |s: &Snapshot| s.opened.values().sum::<f64>();
@@ -102,8 +115,8 @@ impl Snapshot {
             let captured = self.ebpf_delta(&now, "captured")?;
             let skipped = self.ebpf_delta(&now, ebpf_reason)?;
             ensure!(
-                captured == 0 && skipped >= 1,
-                "eBPF: captured +{captured}, {ebpf_reason} +{skipped}: {:?} -> {:?}",
+                captured == 0 && skipped == 1,
+                "eBPF: captured +{captured}, {ebpf_reason} +{skipped} (want +0, +1): {:?} -> {:?}",
                 self.ebpf,
                 now.ebpf
             );

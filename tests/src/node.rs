@@ -1,21 +1,20 @@
-//! A node: a netns with a bridge (where the agent runs), a cgroup subtree for its pods, and
-//! a work directory for the agent's config and log.
+//! A node: a netns with a bridge (where the agent runs), a cgroup subtree for the agent and
+//! its pods, and a work directory for the agent's config and log.
 //!
-//! cgroup layout, like a Kubernetes node where the agent's pod and the app pods share the
-//! `kubepods` parent:
+//! cgroup layout, like a Kubernetes node where the agent is a DaemonSet pod inside the
+//! `cgroupRoot` it attaches to:
 //!
 //! ```text
-//! <cgroup2>/sluice-test-<prefix>/        test_cgroup(): everything this node made
+//! <cgroup2>/sluice-test-<prefix>/        cgroup_root(): the agent's `cgroupRoot`
 //!   agent/                               agent_cgroup(): the agent process
-//!   pods/                                cgroup_root(): the agent's `cgroupRoot`
-//!     <pod>/[<container>/]
+//!   pods/<pod>/[<container>/]            the pods
 //! ```
 //!
-//! The agent attaches its socket-address programs at `cgroupRoot` and its sock_ops and
-//! getsockopt programs at the nearest cgroup holding both the pods and itself. Were the
-//! agent left in the test process's cgroup (the host root here), that would be the host's
-//! root cgroup: every agent of every parallel test would then answer every other agent's
-//! `SO_ORIGINAL_DST` lookups, and the programs would see the whole machine's sockets.
+//! The agent attaches every program at `cgroupRoot`, so its programs see its own sockets
+//! too (they are counted as not enrolled) and nothing outside this node's subtree: parallel
+//! tests' agents never answer each other's `SO_ORIGINAL_DST` lookups. Were the agent outside
+//! `cgroupRoot`, it would have to attach sock_ops and getsockopt higher up, at the nearest
+//! cgroup holding both, and says so in its log; the test bed fails on that warning.
 
 use crate::cgroup;
 use crate::netns::NetNs;
@@ -59,7 +58,7 @@ impl Node {
             prefix,
         };
         // From here on, Drop cleans up whatever exists if a step fails.
-        for dir in [node.agent_cgroup(), node.cgroup_root()] {
+        for dir in [node.agent_cgroup(), node.pods_cgroup()] {
             std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         }
         std::fs::create_dir_all(&node.workdir)?;
@@ -84,6 +83,11 @@ impl Node {
 
     /// `<cgroup2>/sluice-test-<prefix>`: the agent's `cgroupRoot`.
     pub fn cgroup_root(&self) -> PathBuf {
+        self.test_cgroup.clone()
+    }
+
+    /// `<cgroup2>/sluice-test-<prefix>/pods`: the parent of every pod's cgroup.
+    pub fn pods_cgroup(&self) -> PathBuf {
         self.test_cgroup.join("pods")
     }
 
@@ -110,7 +114,7 @@ impl Node {
     }
 
     /// Adds a pod: netns `<prefix>-<name>`, `eth0` with 10.77.S.N/24 and fd77::S:0:0:0:N/64
-    /// bridged to the node, and cgroup `<cgroup_root>/<name>`.
+    /// bridged to the node, and cgroup `<pods_cgroup>/<name>`.
     pub fn add_pod(&self, name: &str) -> Result<Pod> {
         ensure!(
             !name.is_empty()
@@ -125,7 +129,7 @@ impl Node {
         let netns = NetNs::create(&format!("{}-{name}", self.prefix))?;
         let inner = Arc::new(PodInner {
             name: name.to_string(),
-            cgroup: self.cgroup_root().join(name),
+            cgroup: self.pods_cgroup().join(name),
             ip: Ipv4Addr::new(10, 77, self.subnet, host),
             ip6: Ipv6Addr::new(
                 0xfd77,

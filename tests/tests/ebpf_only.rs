@@ -6,6 +6,17 @@ use std::time::Duration;
 use tests::scenario::{addr, assert_transparent, client_and_server};
 use tests::{Agent, ConnResult, DialOpts, Mode, Node, Snapshot, bpf, poll_until};
 
+/// What the agent links to its `cgroupRoot`: every hook, and all of them at the root itself
+/// (an agent outside the root would link sock_ops and getsockopt above it).
+const HOOKS: [&str; 6] = [
+    "cgroup_getsockopt",
+    "cgroup_inet4_connect",
+    "cgroup_inet4_getpeername",
+    "cgroup_inet6_connect",
+    "cgroup_inet6_getpeername",
+    "cgroup_sock_ops",
+];
+
 /// `mesh-agent cleanup` after a crash leaves no pins and no programs attached anywhere in
 /// the test's cgroup subtree, and pods then connect directly.
 #[test]
@@ -16,10 +27,13 @@ fn ebpf_cleanup_leaves_no_pins_or_programs() {
     let mut agent = Agent::start(&node, cfg).unwrap();
 
     let attached = bpf::attached_under(node.test_cgroup()).unwrap();
+    let mut hooks: Vec<&str> = attached.iter().map(|l| l.attach_type.as_str()).collect();
+    hooks.sort_unstable();
+    assert_eq!(hooks, HOOKS, "links under the test cgroup: {attached:#?}");
     assert!(
-        !attached.is_empty(),
-        "no programs attached under {} while running",
-        node.test_cgroup().display()
+        attached.iter().all(|l| l.cgroup == node.cgroup_root()),
+        "not all at cgroupRoot {}: {attached:#?}",
+        node.cgroup_root().display()
     );
     let pins = bpf::pins_under(&pin_dir);
     assert!(
@@ -35,7 +49,7 @@ fn ebpf_cleanup_leaves_no_pins_or_programs() {
         "pins left after cleanup"
     );
     // Unpinning drops the last link reference; the kernel detaches from a work queue, so
-    // the programs may linger for a moment after `cleanup` returns.
+    // the links may linger for a moment after `cleanup` returns.
     poll_until(
         Duration::from_secs(2),
         "programs detached after cleanup",
