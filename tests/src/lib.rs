@@ -18,6 +18,7 @@ pub mod netfilter;
 pub mod netns;
 pub mod node;
 pub mod pod;
+pub mod precheck;
 pub mod proc;
 pub mod scenario;
 pub mod sock;

@@ -1,6 +1,6 @@
 //! `mesh-agent iptables apply|cleanup --netns <pod>` on harness pods, for every backend it
 //! drives (`nft::*`, `iptables::*`, `iptables_legacy::*`), judged by the rule listing and
-//! by traffic; and `mesh-agent check`.
+//! by traffic. (`mesh-agent check` is tested in `precheck.rs`.)
 //!
 //! No agent runs here: the listener REDIRECT sends connections to is a plain
 //! `sluice-testapp serve` on 127.0.0.1:15001 (and [::1]:15001) inside the client pod, so
@@ -8,7 +8,6 @@
 //! `SO_ORIGINAL_DST` (from conntrack) says where it was going.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 use tests::netfilter::{Backend, cli, in_pod, listing, ours};
 use tests::scenario::addr;
@@ -440,45 +439,4 @@ fn traffic_follows_the_rules(backend: Backend) {
     bed.expect_ours(false);
     servers.expect_direct(&bed, addr(b.ip(), 8080), direct(), "server-b");
     servers.expect_direct(&bed, addr(b.ip6(), 8086), direct(), "server-b6");
-}
-
-/// `mesh-agent check` with `args`: its exit status and stdout.
-fn check(args: &[&str]) -> (bool, String) {
-    let bin = tests::agent_bin().unwrap();
-    let out = Command::new(&bin).arg("check").args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!(
-        "mesh-agent check {args:?}: {}\n{stdout}{stderr}",
-        out.status
-    );
-    (out.status.success(), stdout)
-}
-
-/// This host runs eBPF: `check --json` exits 0, picks `ebpf`, and every check eBPF needs
-/// passed.
-#[test]
-fn check_json_picks_ebpf_on_this_host() {
-    let (ok, stdout) = check(&["--json"]);
-    assert!(ok, "check --json failed: {stdout}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["chosen"], "ebpf", "{report:#}");
-    let checks = report["checks"].as_array().unwrap();
-    let ebpf: Vec<_> = checks.iter().filter(|c| c["needed_by"] == "ebpf").collect();
-    assert!(!ebpf.is_empty(), "no check is needed by ebpf: {report:#}");
-    let failed: Vec<_> = ebpf.iter().filter(|c| c["ok"] != true).collect();
-    assert!(failed.is_empty(), "eBPF checks failed: {failed:#?}");
-}
-
-/// The netfilter modes work here too: `check --mode M` exits 0 and chooses M.
-#[test]
-fn check_netfilter_modes_work_here() {
-    for mode in ["nftables", "iptables"] {
-        let (ok, stdout) = check(&["--mode", mode, "--json"]);
-        assert!(ok, "check --mode {mode} failed: {stdout}");
-        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        assert_eq!(report["chosen"], mode, "{report:#}");
-    }
-    let (ok, stdout) = check(&["--mode", "nftables"]);
-    assert!(ok && stdout.contains("mode: nftables"), "{stdout}");
 }
