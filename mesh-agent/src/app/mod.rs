@@ -33,6 +33,9 @@ use crate::{
     sys::{mounts, netns},
 };
 
+/// How often the memory trimmer looks whether connections have come and gone.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How often pods that failed to enroll are tried again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -80,6 +83,8 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
     info!("ready");
 
+    tokio::spawn(trim_memory_after_connections(proxy.clone()));
+
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut applied = config;
@@ -108,6 +113,24 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     }
     info!("stopping; steering stays pinned for the next agent");
     Ok(())
+}
+
+/// Hands freed memory back once connections have finished and the proxy has been quiet for
+/// a moment (trimming while busy would only make the next burst allocate again).
+async fn trim_memory_after_connections(proxy: Arc<ProxyContext>) {
+    let mut ticker = tokio::time::interval(TRIM_INTERVAL);
+    let mut last = proxy.connections_finished();
+    let mut trimmed_at = last;
+    loop {
+        ticker.tick().await;
+        let now = proxy.connections_finished();
+        // Connections finished since the last trim, and none in the last interval.
+        if now == last && now != trimmed_at {
+            crate::sys::memory::trim();
+            trimmed_at = now;
+        }
+        last = now;
+    }
 }
 
 /// The node's mode: the forced one (trusted to work; starting it fails loudly if it cannot),

@@ -6,7 +6,10 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod upstream;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicU64, Ordering},
+};
 
 use crate::{
     config::{Config, ProxySettings},
@@ -20,6 +23,8 @@ pub struct ProxyContext {
     pub metrics: Arc<Metrics>,
     settings: RwLock<ProxySettings>,
     workloads: RwLock<Arc<WorkloadIndex>>,
+    /// Connections finished since start: tells the memory trimmer that memory may be free.
+    finished: AtomicU64,
 }
 
 impl ProxyContext {
@@ -28,6 +33,7 @@ impl ProxyContext {
             metrics,
             settings: RwLock::new(config.proxy.clone()),
             workloads: RwLock::new(Arc::new(WorkloadIndex::new(config))),
+            finished: AtomicU64::new(0),
         })
     }
 
@@ -35,6 +41,14 @@ impl ProxyContext {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = config.proxy.clone();
         *self.workloads.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(WorkloadIndex::new(config));
+    }
+
+    pub fn connection_finished(&self) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connections_finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
     }
 
     pub fn settings(&self) -> ProxySettings {

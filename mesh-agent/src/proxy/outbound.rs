@@ -155,6 +155,7 @@ async fn handle(app: tokio::net::TcpStream, pod: Arc<Pod>, ctx: Arc<ProxyContext
         }
     }
     counters.closed();
+    ctx.connection_finished();
 }
 
 /// A destination that is one of this pod's own listeners would loop back into the proxy.

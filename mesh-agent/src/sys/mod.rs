@@ -1,4 +1,5 @@
 //! Thin wrappers over the host facts and syscalls the agent needs: mounts, cgroups, netns.
 pub mod exec;
+pub mod memory;
 pub mod mounts;
 pub mod netns;
