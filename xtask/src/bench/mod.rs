@@ -117,7 +117,11 @@ pub fn run(opts: &Bench) -> Result<ExitCode> {
         cpus,
         durations,
     };
-    let (samples, threads) = measure(&plan, &bins)?;
+    let Measured {
+        samples,
+        threads,
+        failures,
+    } = measure(&plan, &bins)?;
 
     let meta = json!({
         "date": docs::date(),
@@ -135,6 +139,7 @@ pub fn run(opts: &Bench) -> Result<ExitCode> {
             docs::source_state(&root)
         },
         "durations": format!("{durations:?}"),
+        "failures": failures,
         "idle_conns": scenario::idle_conns(
             durations.idle_conns,
             procstat::nofile_hard().unwrap_or(1024).min(1 << 20),
@@ -149,7 +154,19 @@ fn publish(opts: &Bench, samples: &report::Samples, meta: serde_json::Value) -> 
     let root = cmd::workspace_root()?;
     let report = report::summarize(samples);
     let json = report::to_json(&report, meta.clone());
-    let markdown = report::to_markdown(&report);
+    let mut markdown = report::to_markdown(&report);
+    if let Some(failures) = meta["failures"].as_array().filter(|f| !f.is_empty()) {
+        markdown.push_str("\nFailed runs (their values are missing above):\n\n");
+        for f in failures {
+            let first = f
+                .as_str()
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default();
+            markdown.push_str(&format!("- {first}\n"));
+        }
+    }
     let title = format!(
         "Sluice L4 benchmark, {}",
         meta["date"].as_str().unwrap_or_default()
@@ -175,6 +192,15 @@ fn publish(opts: &Bench, samples: &report::Samples, meta: serde_json::Value) -> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a run measured.
+struct Measured {
+    samples: report::Samples,
+    /// Threads of each proxy, as seen during its runs.
+    threads: serde_json::Map<String, serde_json::Value>,
+    /// Runs that failed, with their error: their values are missing from `samples`.
+    failures: Vec<String>,
+}
+
 /// What to run.
 struct Plan<'a> {
     scenarios: &'a [&'static Scenario],
@@ -185,11 +211,8 @@ struct Plan<'a> {
 }
 
 /// Builds the node, runs every scenario under every contender, round after round, and
-/// removes the node again (also on error). Returns the samples and the proxies' threads.
-fn measure(
-    plan: &Plan,
-    bins: &Bins,
-) -> Result<(report::Samples, serde_json::Map<String, serde_json::Value>)> {
+/// removes the node again (also on error). A run that fails is recorded, not fatal.
+fn measure(plan: &Plan, bins: &Bins) -> Result<Measured> {
     topo::sweep_stale();
     let topo = topo::Topology::create(plan.cpus)?;
     let _servers = scenario::start_servers(&topo, bins)?;
@@ -202,6 +225,7 @@ fn measure(
     let rounds = plan.rounds;
     let mut samples = report::Samples::new();
     let mut threads = serde_json::Map::new();
+    let mut failures = Vec::new();
     for round in 0..rounds {
         for s in plan.scenarios.iter().filter(|s| s.skip.is_none()) {
             // Rotate the order each round so no contender always runs first or last.
@@ -218,34 +242,57 @@ fn measure(
                     s.name,
                     c.name()
                 );
-                let running = Running::start(c, &topo, bins)
-                    .with_context(|| format!("starting {}", c.name()))?;
-                if let Some(n) = running.proxy_pid().and_then(procstat::threads) {
-                    threads.insert(c.name().into(), json!(n));
-                }
-                let values = scenario::run(&ctx, s, &running).with_context(|| {
-                    format!("{} under {}\n{}", s.name, c.name(), running.log_tail())
-                })?;
-                if c != Contender::Direct && running.connections_carried()? == 0 {
-                    bail!(
-                        "{} carried no connection in {}: capture is not working",
-                        c.name(),
-                        s.name
-                    );
-                }
-                running.stop()?;
-                for (metric, v) in s.metrics.iter().zip(values) {
-                    samples
-                        .entry(metric.name)
-                        .or_default()
-                        .entry(c)
-                        .or_default()
-                        .push(v);
+                match run_once(&ctx, s, c, &mut threads) {
+                    Ok(values) => {
+                        for (metric, v) in s.metrics.iter().zip(values) {
+                            samples
+                                .entry(metric.name)
+                                .or_default()
+                                .entry(c)
+                                .or_default()
+                                .push(v);
+                        }
+                    }
+                    // One bad run must not throw away the others: it is reported instead.
+                    Err(e) => {
+                        let failure =
+                            format!("round {}: {} under {}: {e:#}", round + 1, s.name, c.name());
+                        eprintln!("bench: FAILED {failure}");
+                        failures.push(failure);
+                    }
                 }
             }
         }
     }
-    Ok((samples, threads))
+    Ok(Measured {
+        samples,
+        threads,
+        failures,
+    })
+}
+
+/// Starts contender `c`, runs scenario `s` once, checks the proxy carried the traffic, and
+/// stops it again.
+fn run_once(
+    ctx: &Ctx,
+    s: &Scenario,
+    c: Contender,
+    threads: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<f64>> {
+    let running =
+        Running::start(c, ctx.topo, ctx.bins).with_context(|| format!("starting {}", c.name()))?;
+    if let Some(n) = running.proxy_pid().and_then(procstat::threads) {
+        threads.insert(c.name().into(), json!(n));
+    }
+    let values = scenario::run(ctx, s, &running).map_err(|e| {
+        let tail = running.log_tail();
+        if tail.is_empty() { e } else { e.context(tail) }
+    })?;
+    if c != Contender::Direct && running.connections_carried()? == 0 {
+        bail!("{} carried no connection: capture is not working", c.name());
+    }
+    running.stop()?;
+    Ok(values)
 }
 
 fn selected_scenarios(opts: &Bench) -> Result<Vec<&'static Scenario>> {

@@ -5,11 +5,13 @@
 //! `setpriv` so xtask keeps its three dependencies and needs no `unsafe` `pre_exec`:
 //!
 //! ```text
-//! <cgroup2>/sluice-bench-<pid>/
-//!   agent/                 the agent (outside cgroupRoot: never captured)
-//!   pods/                  the agent's cgroupRoot
-//!     client/  server/     the pods
+//! <cgroup2>/sluice-bench-<pid>/    the agent's cgroupRoot
+//!   agent/                         the agent (inside cgroupRoot, as a DaemonSet pod is)
+//!   pods/client/  pods/server/     the pods
 //! ```
+//!
+//! With the agent inside its cgroupRoot every program attaches there, so they see nothing
+//! outside this subtree (no other agent on the machine answers for these sockets).
 //!
 //! Every name carries the creating pid (`slb-<pid>-...`), so leftovers of a run that was
 //! killed are recognised and removed by the next run ([`sweep_stale`]).
@@ -128,11 +130,11 @@ impl Topology {
     }
 
     pub fn cgroup_root(&self) -> PathBuf {
-        self.cgroup_base.join("pods")
+        self.cgroup_base.clone()
     }
 
     pub fn pod_cgroup(&self, pod: &str) -> PathBuf {
-        self.cgroup_root().join(pod)
+        self.cgroup_base.join("pods").join(pod)
     }
 
     pub fn workdir(&self) -> &Path {
@@ -381,6 +383,14 @@ pub fn sweep_stale() {
             if pid.is_some_and(dead) {
                 // Removing pinned links detaches their programs.
                 eprintln!("bench: removing stale pins {name}");
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix("sluice-bench-").is_some_and(dead) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
