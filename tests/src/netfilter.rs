@@ -133,7 +133,7 @@ pub fn expect_rules(node: &Node, cfg: &AgentConfig) -> Result<()> {
 /// Rules of ours that a netns holds, by where they live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Found {
-    /// `table inet sluice`.
+    /// `table inet sluice` with its redirect rule.
     NftTable,
     /// A `SLUICE_*` chain or jump in the nf_tables flavour of iptables (either family).
     IptablesNft,
@@ -145,7 +145,11 @@ pub enum Found {
 /// listing them would create them.
 pub fn ours(pod: &Pod) -> Result<Vec<Found>> {
     let mut found = Vec::new();
-    if in_pod(pod, "nft", &["list", "tables"])?.contains("table inet sluice") {
+    // A released pod keeps a retired ruleset that redirects nothing (so connections
+    // redirected before the release keep their NAT); only rules that redirect count.
+    if in_pod(pod, "nft", &["list", "tables"])?.contains("table inet sluice")
+        && in_pod(pod, "nft", &["list", "table", "inet", "sluice"])?.contains("redirect")
+    {
         found.push(Found::NftTable);
     }
     for backend in [Backend::Iptables, Backend::IptablesLegacy] {
@@ -154,7 +158,10 @@ pub fn ours(pod: &Pod) -> Result<Vec<Found>> {
                 continue;
             }
             let text = in_pod(pod, &format!("{}-save", backend.tool(ipv6)), &[])?;
-            if text.contains("SLUICE_") && !found.contains(&backend.found()) {
+            let steers = text
+                .lines()
+                .any(|l| l.starts_with("-A SLUICE_") && l.contains("REDIRECT"));
+            if steers && !found.contains(&backend.found()) {
                 found.push(backend.found());
             }
         }

@@ -523,3 +523,67 @@ fn per_pod_mode_overrides_share_one_node() {
         );
     }
 }
+
+/// Releasing a pod stops new captures without cutting the connections it already has: a
+/// connection the proxy relayed before the pod left the config still exchanges data after
+/// its rules are gone. (Deleting the last nftables nat chain once dropped the NAT of such
+/// connections, and the app waited forever for the replies.) Netfilter modes only: the
+/// client here is a test thread inside the pod's netns, which only rules can capture.
+fn release_keeps_established_connections(mode: Mode) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use tests::netns::run_in;
+
+    let node = Node::new().unwrap();
+    let (a, b, _server, full) = client_and_server(&node, mode);
+    let mut agent = start(&node, full.clone());
+    let echo_addr = addr(b.ip(), 9090);
+    let listener = run_in(&b.netns_path(), || Ok(TcpListener::bind(echo_addr)?)).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let before = snapshot(&agent);
+    let mut conn = run_in(&a.netns_path(), || Ok(TcpStream::connect(echo_addr)?)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut echo = |word: &[u8]| -> std::io::Result<Vec<u8>> {
+        conn.write_all(word)?;
+        let mut got = vec![0u8; word.len()];
+        conn.read_exact(&mut got)?;
+        Ok(got)
+    };
+    assert_eq!(echo(b"before").unwrap(), b"before");
+    assert!(
+        before.opened_since(&snapshot(&agent), "client-a") > 0.0,
+        "the connection was not captured"
+    );
+
+    let without = full.clone().without("client-a");
+    agent.reload(without.clone()).unwrap();
+    poll_until(Duration::from_secs(5), "client-a's rules are gone", || {
+        Ok(expect_rules(&node, &without).is_ok().then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(30)));
+    assert_eq!(
+        echo(b"after").unwrap_or_else(|e| panic!("connection broken by the release: {e}")),
+        b"after"
+    );
+}
+
+#[test]
+fn nftables_release_keeps_established_connections() {
+    release_keeps_established_connections(Mode::Nftables);
+}
+
+#[test]
+fn iptables_release_keeps_established_connections() {
+    release_keeps_established_connections(Mode::Iptables);
+}

@@ -61,6 +61,7 @@ pub fn pod_rules(exclude_ports: &[u16], exclude_cidrs: &[ipnet::IpNet]) -> RuleS
         exclude_cidrs: exclude_cidrs.to_vec(),
         inbound: false,
         inbound_exclude_ports: Vec::new(),
+        retired: false,
     }
 }
 
@@ -169,8 +170,11 @@ impl Redirect for NetfilterRedirect {
         Ok(())
     }
 
+    /// The pod's rules are replaced by a retired ruleset (see [`RuleSet::retired`]):
+    /// nothing new is captured, connections already redirected keep working.
     fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
-        self.pods
+        let record = self
+            .pods
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&spec.key);
@@ -178,13 +182,18 @@ impl Redirect for NetfilterRedirect {
         let Ok(netns) = Netns::open(&spec.netns) else {
             return Ok(());
         };
-        let had = self
-            .applier
-            .remove_everywhere(NetnsTarget::Pod(&netns))
+        let backend = record.map_or_else(|| self.backend(&netns), |r| r.backend);
+        let mut retired = pod_rules(&[], &[]);
+        retired.retired = true;
+        self.applier
+            .apply(
+                NetnsTarget::Pod(&netns),
+                backend,
+                &retired,
+                &families(&spec.listeners),
+            )
             .map_err(NetfilterError::from)?;
-        if !had.is_empty() {
-            self.removed.fetch_add(1, Ordering::Relaxed);
-        }
+        self.removed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -33,6 +33,11 @@ pub struct RuleSet {
     /// Inbound capture (only once the proxy serves the inbound listener).
     pub inbound: bool,
     pub inbound_exclude_ports: Vec<u16>,
+    /// The pod left the mesh: capture nothing new, but keep connections already redirected
+    /// working. Their address translation lives in conntrack, and the kernel turns conntrack
+    /// (and NAT) off in a netns, dropping those translations, once no rule there uses it;
+    /// so a retired ruleset keeps one rule that does and redirects nothing.
+    pub retired: bool,
 }
 
 impl RuleSet {
@@ -42,7 +47,7 @@ impl RuleSet {
     pub fn iptables_payload(&self, family: Family, jumps: bool) -> String {
         let mut out = String::from("*nat\n");
         let _ = writeln!(out, ":{OUTPUT_CHAIN} - [0:0]");
-        if self.inbound {
+        if self.inbound && !self.retired {
             let _ = writeln!(out, ":{INBOUND_CHAIN} - [0:0]");
         }
         for rule in self.iptables_rules(family) {
@@ -60,6 +65,9 @@ impl RuleSet {
     /// Our chains' rules, as `iptables-save` prints them.
     pub fn iptables_rules(&self, family: Family) -> Vec<String> {
         let out_rule = |spec: &str| format!("-A {OUTPUT_CHAIN} {spec}");
+        if self.retired {
+            return vec![out_rule("-m conntrack --ctstate INVALID -j RETURN")];
+        }
         let mut rules = vec![
             out_rule(&format!("-m mark --mark {:#x} -j RETURN", self.proxy_mark)),
             out_rule(match family {
@@ -101,7 +109,7 @@ impl RuleSet {
     /// (built-in chain, rule) for each jump into our chains.
     fn jump_specs(&self) -> Vec<(&'static str, String)> {
         let mut jumps = vec![("OUTPUT", format!("-p tcp -j {OUTPUT_CHAIN}"))];
-        if self.inbound {
+        if self.inbound && !self.retired {
             jumps.push(("PREROUTING", format!("-p tcp -j {INBOUND_CHAIN}")));
         }
         jumps
@@ -118,6 +126,10 @@ impl RuleSet {
     fn nft_table(&self) -> String {
         let mut out = format!("table inet {NFT_TABLE} {{\n");
         out.push_str("\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n");
+        if self.retired {
+            out.push_str("\t\tct state invalid return\n\t}\n}\n");
+            return out;
+        }
         out.push_str("\t\tmeta l4proto != tcp return\n");
         let _ = writeln!(out, "\t\tmeta mark {:#x} return", self.proxy_mark);
         out.push_str("\t\tip daddr 127.0.0.0/8 return\n\t\tip6 daddr ::1 return\n");
@@ -189,7 +201,26 @@ mod tests {
             ],
             inbound: false,
             inbound_exclude_ports: vec![],
+            retired: false,
         }
+    }
+
+    #[test]
+    fn retired_rules_redirect_nothing_but_keep_conntrack_in_use() {
+        let mut r = rules();
+        r.inbound = true;
+        r.retired = true;
+        assert_eq!(
+            r.iptables_payload(Family::V4, true),
+            "*nat\n:SLUICE_OUTPUT - [0:0]\n\
+             -A SLUICE_OUTPUT -m conntrack --ctstate INVALID -j RETURN\n\
+             -I OUTPUT 1 -p tcp -j SLUICE_OUTPUT\n\
+             COMMIT\n"
+        );
+        let tx = r.nft_transaction();
+        assert!(tx.contains("ct state invalid return"), "{tx}");
+        assert!(!tx.contains("redirect"), "{tx}");
+        assert!(!tx.contains("prerouting"), "{tx}");
     }
 
     #[test]
