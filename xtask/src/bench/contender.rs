@@ -296,6 +296,11 @@ impl<'t> Running<'t> {
                 topo::output(&self.topo.plain("client"), "iptables", &args)
                     .context("removing the client pod's iptables rules")?;
             }
+            // REDIRECT leaves NAT entries in conntrack (TIME_WAIT lasts two minutes): a later
+            // contender's connection reusing such a 4-tuple would still be redirected to
+            // 15001, where nothing listens any more, and be reset.
+            topo::output(&self.topo.plain("client"), "conntrack", &["-F".to_string()])
+                .context("flushing the client pod's conntrack table")?;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("prlimit", "util-linux"),
     ("taskset", "util-linux"),
     ("iptables-restore", "iptables"),
+    ("conntrack", "conntrack"),
 ];
 
 /// Installs missing Debian packages and Envoy; returns the Envoy binary.
