@@ -18,7 +18,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 
 const MIN_BUFFER: usize = 4 * 1024;
-const MAX_BUFFER: usize = 64 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
 
 /// How a relay ended.
 #[derive(Debug, PartialEq, Eq)]
