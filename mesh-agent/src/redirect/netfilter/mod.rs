@@ -170,7 +170,7 @@ impl Redirect for NetfilterRedirect {
         Ok(())
     }
 
-    /// The pod's rules are replaced by a retired ruleset (see [`RuleSet::retired`]):
+    /// An enrolled pod's rules are replaced by a retired ruleset (see [`RuleSet::retired`]):
     /// nothing new is captured, connections already redirected keep working.
     fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
         let record = self
@@ -182,16 +182,19 @@ impl Redirect for NetfilterRedirect {
         let Ok(netns) = Netns::open(&spec.netns) else {
             return Ok(());
         };
-        let backend = record.map_or_else(|| self.backend(&netns), |r| r.backend);
+        let target = NetnsTarget::Pod(&netns);
+        let Some(record) = record else {
+            // Enrolling failed part-way (release undoes it): nothing was ever relayed, so
+            // whatever got applied goes, rather than leaving a retired ruleset behind.
+            self.applier
+                .remove_everywhere(target)
+                .map_err(NetfilterError::from)?;
+            return Ok(());
+        };
         let mut retired = pod_rules(&[], &[]);
         retired.retired = true;
         self.applier
-            .apply(
-                NetnsTarget::Pod(&netns),
-                backend,
-                &retired,
-                &families(&spec.listeners),
-            )
+            .apply(target, record.backend, &retired, &families(&spec.listeners))
             .map_err(NetfilterError::from)?;
         self.removed.fetch_add(1, Ordering::Relaxed);
         Ok(())
