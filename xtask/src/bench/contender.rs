@@ -1,5 +1,5 @@
-//! The contenders: no mesh, Sluice's node agent with eBPF capture, and Envoy set up as
-//! Istio's sidecar would be for the same path (istio-iptables REDIRECT rules in the client
+//! The contenders: no mesh, Sluice's node agent in each of its redirect modes (eBPF,
+//! nftables, iptables), and Envoy set up as Istio's sidecar would be for the same path (istio-iptables REDIRECT rules in the client
 //! pod, a `virtualOutbound` listener on 15001, `tcp_proxy` to an ORIGINAL_DST cluster).
 //!
 //! Both proxies get one CPU (`taskset`, the same one) and so one worker: Envoy by
@@ -18,18 +18,38 @@ use super::topo::{self, CLIENT_IP, Place, Proc, SERVER_IP, Topology};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Contender {
     Direct,
-    Sluice,
+    SluiceEbpf,
+    SluiceNftables,
+    SluiceIptables,
     Envoy,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 3] = [Contender::Direct, Contender::Sluice, Contender::Envoy];
+    pub const ALL: [Contender; 5] = [
+        Contender::Direct,
+        Contender::SluiceEbpf,
+        Contender::SluiceNftables,
+        Contender::SluiceIptables,
+        Contender::Envoy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Contender::Direct => "direct",
-            Contender::Sluice => "sluice-ebpf",
+            Contender::SluiceEbpf => "sluice-ebpf",
+            Contender::SluiceNftables => "sluice-nftables",
+            Contender::SluiceIptables => "sluice-iptables",
             Contender::Envoy => "envoy",
+        }
+    }
+
+    /// The agent's `redirect.mode` for a Sluice contender.
+    fn redirect_mode(self) -> Option<&'static str> {
+        match self {
+            Contender::SluiceEbpf => Some("ebpf"),
+            Contender::SluiceNftables => Some("nftables"),
+            Contender::SluiceIptables => Some("iptables"),
+            Contender::Direct | Contender::Envoy => None,
         }
     }
 
@@ -37,7 +57,10 @@ impl Contender {
         Contender::ALL
             .into_iter()
             .find(|c| c.name() == name)
-            .with_context(|| format!("unknown contender {name:?}: direct, sluice-ebpf or envoy"))
+            .with_context(|| {
+                let all: Vec<&str> = Contender::ALL.iter().map(|c| c.name()).collect();
+                format!("unknown contender {name:?}: one of {}", all.join(", "))
+            })
     }
 }
 
@@ -87,10 +110,10 @@ impl<'t> Running<'t> {
             agent_config: None,
             iptables: false,
         };
-        match contender {
-            Contender::Direct => {}
-            Contender::Sluice => running.start_sluice()?,
-            Contender::Envoy => running.start_envoy()?,
+        match (contender, contender.redirect_mode()) {
+            (_, Some(mode)) => running.start_sluice(mode)?,
+            (Contender::Envoy, None) => running.start_envoy()?,
+            _ => {}
         }
         Ok(running)
     }
@@ -111,11 +134,11 @@ impl<'t> Running<'t> {
         }
     }
 
-    fn start_sluice(&mut self) -> Result<()> {
+    fn start_sluice(&mut self, mode: &str) -> Result<()> {
         let t = self.topo;
         let config = t.workdir().join("agent.yaml");
         let yaml = format!(
-            "node: {node}\ncgroupRoot: {root}\nadminAddress: 127.0.0.1:15000\n\
+            "node: {node}\ncgroupRoot: {root}\nredirect:\n  mode: {mode}\nadminAddress: 127.0.0.1:15000\n\
              metricsAddress: 127.0.0.1:15020\nreadinessAddress: 127.0.0.1:15021\n\
              workloads:\n  - name: client\n    namespace: bench\n    ips: [\"{CLIENT_IP}\"]\n\
              \x20   netns: {netns}\n    cgroup: {cgroup}\n  - name: server\n    namespace: bench\n\
@@ -242,7 +265,7 @@ impl<'t> Running<'t> {
     pub fn connections_carried(&self) -> Result<u64> {
         let (netns, addr, path, metric) = match self.contender {
             Contender::Direct => return Ok(0),
-            Contender::Sluice => (
+            Contender::SluiceEbpf | Contender::SluiceNftables | Contender::SluiceIptables => (
                 "node",
                 "127.0.0.1:15020",
                 "/metrics",

@@ -39,7 +39,8 @@ pub struct Bench {
     /// memory.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
-    /// Run only this contender (repeatable): direct, sluice-ebpf, envoy.
+    /// Run only this contender (repeatable): direct, sluice-ebpf, sluice-nftables,
+    /// sluice-iptables, envoy.
     #[arg(long = "contender", value_name = "NAME")]
     contenders: Vec<String>,
     /// Rounds; the report gives each contender's median and min–max over them.

@@ -119,7 +119,7 @@ fn stats(values: &[f64]) -> Option<(f64, f64, f64)> {
 }
 
 fn targets(entries: &[Entry]) -> Vec<Target> {
-    use Contender::{Direct, Envoy, Sluice};
+    use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
     let get = |name: &str| entries.iter().find(|e| e.metric.name == name);
     let ratio = |name: &str, a, b| get(name).and_then(|e| e.ratio(a, b));
     let med = |name: &str, c| get(name).and_then(|e| e.median(c));
@@ -257,7 +257,7 @@ fn round(x: f64) -> Value {
 /// The JSON report: one entry per metric (the issue's shape) plus skipped scenarios,
 /// targets and `meta` (date, load, settings).
 pub fn to_json(report: &Report, meta: Value) -> Value {
-    use Contender::{Direct, Envoy, Sluice};
+    use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
     let mut scenarios: Vec<Value> = report
         .entries
         .iter()
@@ -332,11 +332,14 @@ pub fn fmt(x: f64) -> String {
 
 /// Markdown: results (median, min–max), ratios, targets, skipped scenarios.
 pub fn to_markdown(report: &Report) -> String {
-    use Contender::{Direct, Envoy, Sluice};
-    let mut md = String::from(
-        "| metric | unit | direct | sluice-ebpf | envoy | sluice/direct | sluice/envoy |\n\
-         |---|---|---|---|---|---|---|\n",
-    );
+    use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
+    let mut md = String::from("| metric | unit |");
+    for c in Contender::ALL {
+        let _ = write!(md, " {} |", c.name());
+    }
+    md.push_str(" sluice-ebpf/direct | sluice-ebpf/envoy |\n|---|---|");
+    md.push_str(&"---|".repeat(Contender::ALL.len() + 2));
+    md.push('\n');
     for e in &report.entries {
         let cell = |c| match e.stats.get(&c) {
             Some((m, lo, hi)) => format!("{} ({}–{})", fmt(*m), fmt(*lo), fmt(*hi)),
@@ -352,14 +355,13 @@ pub fn to_markdown(report: &Report) -> String {
         } else {
             "↓"
         };
+        let _ = write!(md, "| {} | {} {better} |", e.metric.name, e.metric.unit);
+        for c in Contender::ALL {
+            let _ = write!(md, " {} |", cell(c));
+        }
         let _ = writeln!(
             md,
-            "| {} | {} {better} | {} | {} | {} | {} | {} |",
-            e.metric.name,
-            e.metric.unit,
-            cell(Direct),
-            cell(Sluice),
-            cell(Envoy),
+            " {} | {} |",
             ratio(Sluice, Direct),
             ratio(Sluice, Envoy)
         );
@@ -437,7 +439,7 @@ mod tests {
         let mut samples = Samples::new();
         let by = samples.entry("l4-throughput-1").or_default();
         by.insert(Contender::Direct, vec![20.0, 22.0, 21.0]);
-        by.insert(Contender::Sluice, vec![18.0]);
+        by.insert(Contender::SluiceEbpf, vec![18.0]);
         by.insert(Contender::Envoy, vec![10.0]);
         let report = summarize(&samples);
         let v = to_json(&report, json!({}));

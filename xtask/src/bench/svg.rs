@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 use super::contender::Contender;
 use super::report::{Entry, Report, fmt};
 
-const COLORS: [(Contender, &str); 3] = [
+const COLORS: [(Contender, &str); 5] = [
     (Contender::Direct, "#9e9e9e"),
-    (Contender::Sluice, "#00897b"),
+    (Contender::SluiceEbpf, "#00897b"),
+    (Contender::SluiceNftables, "#4db6ac"),
+    (Contender::SluiceIptables, "#b2dfdb"),
     (Contender::Envoy, "#ef6c00"),
 ];
 
