@@ -15,13 +15,7 @@ use std::{
 
 use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
-use tokio::{
-    io::AsyncReadExt,
-    net::{
-        TcpStream,
-        tcp::{ReadHalf, WriteHalf},
-    },
-};
+use tokio::net::TcpStream;
 
 const MIN_BUFFER: usize = 4 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
@@ -37,26 +31,22 @@ pub enum RelayEnd {
 
 /// Relays until both directions are done, the connection idles out, or a side fails.
 pub async fn relay(
-    mut app: TcpStream,
-    mut upstream: TcpStream,
+    app: TcpStream,
+    upstream: TcpStream,
     idle_timeout: Duration,
     sent: &Counter,
     received: &Counter,
 ) -> io::Result<RelayEnd> {
     let activity = Activity::new();
-    let end = {
-        let (app_in, app_out) = app.split();
-        let (upstream_in, upstream_out) = upstream.split();
-        let both = async {
-            tokio::try_join!(
-                pump(app_in, upstream_out, sent, &activity),
-                pump(upstream_in, app_out, received, &activity)
-            )
-        };
-        tokio::select! {
-            result = both => result.map(|_| RelayEnd::Closed),
-            () = activity.idle_for(idle_timeout) => Ok(RelayEnd::Idle),
-        }
+    let both = async {
+        tokio::try_join!(
+            pump(&app, &upstream, sent, &activity),
+            pump(&upstream, &app, received, &activity)
+        )
+    };
+    let end = tokio::select! {
+        result = both => result.map(|_| RelayEnd::Closed),
+        () = activity.idle_for(idle_timeout) => Ok(RelayEnd::Idle),
     };
     if !matches!(end, Ok(RelayEnd::Closed)) {
         reset(&app);
@@ -71,37 +61,38 @@ pub fn reset(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-/// One direction. The buffer is dropped whenever a read drains the socket, and grows while
-/// reads keep filling it.
 async fn pump(
-    mut from: ReadHalf<'_>,
-    to: WriteHalf<'_>,
+    from: &TcpStream,
+    to: &TcpStream,
     bytes: &Counter,
     activity: &Activity,
 ) -> io::Result<()> {
     let mut size = MIN_BUFFER;
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        // Waits here hold no buffer: an idle direction costs no memory.
-        from.as_ref().readable().await?;
         if buf.capacity() == 0 {
             buf.reserve_exact(size);
         }
         buf.clear();
-        // Tokio's reader takes a read that leaves the buffer part empty as proof that the
-        // socket is drained, so waiting for more costs no read that would block.
-        let n = from.read_buf(&mut buf).await?;
-        if n == 0 {
-            return SockRef::from(to.as_ref()).shutdown(Shutdown::Write);
-        }
-        write_all(to.as_ref(), &buf).await?;
-        bytes.inc_by(n as u64);
-        activity.touch();
-        if n < buf.capacity() {
-            buf = Vec::new();
-        } else if size < MAX_BUFFER {
-            size = (size * 4).min(MAX_BUFFER);
-            buf = Vec::new();
+        match from.try_read_buf(&mut buf) {
+            Ok(0) => {
+                SockRef::from(to).shutdown(Shutdown::Write)?;
+                return Ok(());
+            }
+            Ok(n) => {
+                write_all(to, &buf[..n]).await?;
+                bytes.inc_by(n as u64);
+                activity.touch();
+                if n == buf.capacity() && size < MAX_BUFFER {
+                    size = (size * 4).min(MAX_BUFFER);
+                    buf = Vec::new();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf = Vec::new();
+                from.readable().await?;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
