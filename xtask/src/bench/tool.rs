@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// Offsets from `serve --port`: one listener per kind of exchange.
 pub const ECHO: u16 = 0;
@@ -110,8 +111,7 @@ pub fn run(tool: &Tool) -> Result<()> {
 }
 
 fn serve(port: u16, workers: usize, size: usize) -> Result<()> {
-    let bind =
-        |p: u16| TcpListener::bind(("0.0.0.0", p)).with_context(|| format!("binding port {p}"));
+    let bind = |p: u16| listen(p).with_context(|| format!("listening on port {p}"));
     let echo = bind(port + ECHO)?;
     let oneshot = bind(port + ONESHOT)?;
     let hold = bind(port + HOLD)?;
@@ -327,6 +327,17 @@ fn burst(target: SocketAddr, conns: usize, bytes: usize, threads: usize) -> Resu
 }
 
 /// Opens all its connections, sends on each, then reads every echo back and closes.
+/// A listener whose accept queue holds a whole burst: std's 128 overflowed while the echo
+/// server spawned its threads, and the dropped SYNs outlasted the proxies' 5 s connect
+/// timeout.
+fn listen(port: u16) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
 fn burst_thread(target: SocketAddr, n: usize, bytes: usize) -> Result<usize> {
     let msg = vec![7u8; bytes];
     let mut streams = Vec::with_capacity(n);

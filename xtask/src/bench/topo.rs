@@ -100,6 +100,16 @@ impl Topology {
             ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             ip(&ns, &["link", "set", "eth0", "up"])?;
         }
+        // Every connection of every scenario is dialled from the client pod, by the client
+        // and by a proxy dialling upstream from inside it: the memory scenario's 10,000 held
+        // connections take 20,000 ports there, beside what the connect-rate scenario left in
+        // TIME_WAIT, more than the default range (32768-60999) holds. The same for every
+        // contender.
+        sysctl(
+            &topo.netns("client"),
+            "net/ipv4/ip_local_port_range",
+            "1024 65535",
+        )?;
         Ok(topo)
     }
 
@@ -187,6 +197,15 @@ impl Drop for Topology {
 
 fn ip(netns: &str, args: &[&str]) -> Result<String> {
     cmd::stdout(Command::new("ip").arg("-n").arg(netns).args(args))
+}
+
+/// Sets `/proc/sys/<key>` inside `netns` (the `net/` ones are per netns).
+fn sysctl(netns: &str, key: &str, value: &str) -> Result<String> {
+    cmd::stdout(
+        Command::new("ip")
+            .args(["netns", "exec", netns, "sh", "-c"])
+            .arg(format!("echo '{value}' > /proc/sys/{key}")),
+    )
 }
 
 /// A command that runs `program` in `place`: the shell moves itself into the cgroup, then
