@@ -8,7 +8,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter},
 };
 
-use crate::redirect::{Redirect as _, router::Router};
+use crate::redirect::router::Router;
 
 pub struct RedirectCounters(pub Arc<Router>);
 

@@ -18,7 +18,7 @@ use crate::{
     config::{Config, RedirectMode},
     logging::LogControl,
     metrics::Metrics,
-    redirect::{Redirect as _, router::Router},
+    redirect::router::Router,
 };
 
 /// What the endpoints read.

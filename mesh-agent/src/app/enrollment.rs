@@ -15,7 +15,7 @@ use crate::{
         ProxyContext,
         outbound::{Pod, PodListeners},
     },
-    redirect::{CaptureSpec, Redirect, router::Router},
+    redirect::{CaptureSpec, router::Router},
     sys::netns::Netns,
 };
 

@@ -49,7 +49,6 @@ pub trait Redirect: Send + Sync {
     fn listeners(
         &self,
         key: &WorkloadKey,
-        mode: RedirectMode,
         ipv6: Option<Ipv6Addr>,
     ) -> Result<Vec<SocketAddr>, RedirectError>;
     /// Starts (or updates) capturing the pod. Its listeners must already be open.

@@ -1,4 +1,5 @@
-//! Sends each pod to the redirect mode it uses: the node's, or its own override.
+//! Sends each pod to the redirect mode it uses: the node's, or its own override. The router
+//! is not a mode itself: it dispatches to the [`Redirect`] of each mode running here.
 use std::{
     collections::BTreeMap,
     net::{Ipv6Addr, SocketAddr},
@@ -38,27 +39,29 @@ impl Router {
             .get(&mode)
             .ok_or(RedirectError::ModeNotRunning(mode))
     }
-}
 
-impl Redirect for Router {
-    fn listeners(
+    /// See [`Redirect::listeners`], in the pod's `mode`.
+    pub fn listeners(
         &self,
         key: &WorkloadKey,
         mode: RedirectMode,
         ipv6: Option<Ipv6Addr>,
     ) -> Result<Vec<SocketAddr>, RedirectError> {
-        self.get(mode)?.listeners(key, mode, ipv6)
+        self.get(mode)?.listeners(key, ipv6)
     }
 
-    fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+    /// See [`Redirect::enroll`], in the spec's mode.
+    pub fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
         self.get(spec.mode)?.enroll(spec)
     }
 
-    fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+    /// See [`Redirect::release`], in the spec's mode.
+    pub fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
         self.get(spec.mode)?.release(spec)
     }
 
-    fn retain_only(&self, keep: &[&CaptureSpec]) -> Result<(), RedirectError> {
+    /// See [`Redirect::retain_only`]: each mode keeps its own pods of `keep`.
+    pub fn retain_only(&self, keep: &[&CaptureSpec]) -> Result<(), RedirectError> {
         for (mode, redirect) in &self.modes {
             let mine: Vec<&CaptureSpec> =
                 keep.iter().copied().filter(|s| s.mode == *mode).collect();
@@ -67,11 +70,13 @@ impl Redirect for Router {
         Ok(())
     }
 
-    fn counters(&self) -> Vec<(String, u64)> {
+    /// Every running mode's counters.
+    pub fn counters(&self) -> Vec<(String, u64)> {
         self.modes.values().flat_map(|m| m.counters()).collect()
     }
 
-    fn debug_dump(&self) -> serde_json::Value {
+    /// Every running mode's debugging view.
+    pub fn debug_dump(&self) -> serde_json::Value {
         serde_json::json!({
             "nodeMode": self.node_mode,
             "modes": self

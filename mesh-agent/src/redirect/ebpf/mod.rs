@@ -22,7 +22,7 @@ use mesh_common::{ConnTuple, OrigDst, PodCapture, maps as map_names};
 use tracing::info;
 
 use self::listeners::ListenerAddrs;
-use super::{CaptureSpec, Redirect, RedirectError, RedirectMode};
+use super::{CaptureSpec, Redirect, RedirectError};
 use crate::{config::WorkloadKey, sys::mounts};
 
 /// The compiled programs, built by this crate's build script.
@@ -168,7 +168,6 @@ impl Redirect for EbpfRedirect {
     fn listeners(
         &self,
         key: &WorkloadKey,
-        _mode: RedirectMode,
         ipv6: Option<Ipv6Addr>,
     ) -> Result<Vec<SocketAddr>, RedirectError> {
         let port = mesh_common::OUTBOUND_LISTENER_PORT;

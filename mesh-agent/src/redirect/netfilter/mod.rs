@@ -128,7 +128,6 @@ impl Redirect for NetfilterRedirect {
     fn listeners(
         &self,
         _key: &WorkloadKey,
-        _mode: RedirectMode,
         ipv6: Option<Ipv6Addr>,
     ) -> Result<Vec<SocketAddr>, RedirectError> {
         let mut listeners = vec![SocketAddr::from(([127, 0, 0, 1], OUTBOUND_LISTENER_PORT))];
