@@ -1,6 +1,7 @@
 //! The contenders: no mesh, Sluice's node agent in each of its redirect modes (eBPF,
-//! nftables, iptables), and Envoy set up as Istio's sidecar would be for the same path (istio-iptables REDIRECT rules in the client
-//! pod, a `virtualOutbound` listener on 15001, `tcp_proxy` to an ORIGINAL_DST cluster).
+//! nftables, iptables), and Envoy set up as Istio's sidecar would be for the same path
+//! (istio-iptables REDIRECT rules in the client pod, a `virtualOutbound` listener on 15001,
+//! `tcp_proxy` to an ORIGINAL_DST cluster).
 //!
 //! Both proxies get one CPU (`taskset`, the same one) and so one worker: Envoy by
 //! `--concurrency 1`, the agent because tokio sizes its multi-thread runtime from the CPUs

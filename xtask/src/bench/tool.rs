@@ -326,7 +326,6 @@ fn burst(target: SocketAddr, conns: usize, bytes: usize, threads: usize) -> Resu
     Ok(())
 }
 
-/// Opens all its connections, sends on each, then reads every echo back and closes.
 /// A listener whose accept queue holds a whole burst: std's 128 overflowed while the echo
 /// server spawned its threads, and the dropped SYNs outlasted the proxies' 5 s connect
 /// timeout.
@@ -338,6 +337,7 @@ fn listen(port: u16) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Opens all its connections, sends on each, then reads every echo back and closes.
 fn burst_thread(target: SocketAddr, n: usize, bytes: usize) -> Result<usize> {
     let msg = vec![7u8; bytes];
     let mut streams = Vec::with_capacity(n);

@@ -112,16 +112,9 @@ impl Applier {
 
     /// Removes our rules from every installed backend; returns the backends that had some.
     pub fn remove_everywhere(&self, target: NetnsTarget<'_>) -> Result<Vec<Backend>, ApplyError> {
-        self.each_backend(|backend| self.remove(target, backend))
-    }
-
-    fn each_backend(
-        &self,
-        mut f: impl FnMut(Backend) -> Result<bool, ApplyError>,
-    ) -> Result<Vec<Backend>, ApplyError> {
         let mut had = Vec::new();
         for backend in Backend::ALL {
-            if backend.installed() && f(backend)? {
+            if backend.installed() && self.remove(target, backend)? {
                 had.push(backend);
             }
         }
