@@ -73,6 +73,9 @@ pub struct Workload {
     pub exclude_ports: Vec<u16>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude_cidrs: Vec<String>,
+    /// Ports never captured inbound (the tunnel port never is either).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude_inbound_ports: Vec<u16>,
 }
 
 impl Workload {
@@ -89,6 +92,7 @@ impl Workload {
             redirect_mode: None,
             exclude_ports: Vec::new(),
             exclude_cidrs: Vec::new(),
+            exclude_inbound_ports: Vec::new(),
         }
     }
 
@@ -109,6 +113,11 @@ impl Workload {
 
     pub fn exclude_cidrs(mut self, cidrs: &[String]) -> Workload {
         self.exclude_cidrs = cidrs.to_vec();
+        self
+    }
+
+    pub fn exclude_inbound_ports(mut self, ports: &[u16]) -> Workload {
+        self.exclude_inbound_ports = ports.to_vec();
         self
     }
 

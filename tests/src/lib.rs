@@ -11,7 +11,9 @@ pub mod bpf;
 pub mod capture;
 pub mod cgroup;
 pub mod cmd;
+pub mod echo;
 pub mod http;
+pub mod inbound;
 pub mod metrics;
 pub mod mode;
 pub mod netfilter;
@@ -26,7 +28,7 @@ pub mod sweep;
 pub mod wire;
 
 pub use agent::{Agent, AgentConfig, Workload, delta};
-pub use capture::Snapshot;
+pub use capture::{Flows, Snapshot};
 pub use metrics::Metrics;
 pub use mode::Mode;
 pub use node::Node;

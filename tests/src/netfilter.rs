@@ -113,21 +113,137 @@ fn normalise(listing: &str) -> String {
 }
 
 /// Asserts that every pod of `node` holds exactly the rules its mode in `cfg` writes:
-/// the mode's own for an enrolled pod, none for the others (and none in eBPF mode).
+/// the mode's own for an enrolled pod, outbound ([`ours`]) and inbound ([`inbound_rules`]),
+/// none for the others (and none in eBPF mode).
 pub fn expect_rules(node: &Node, cfg: &AgentConfig) -> Result<()> {
     for pod in node.pods() {
-        let want = cfg
-            .mode_of(pod.name())?
-            .map_or_else(Vec::new, Mode::expected_rules);
+        let mode = cfg.mode_of(pod.name())?;
+        let want = mode.map_or_else(Vec::new, Mode::expected_rules);
         let got = ours(&pod)?;
+        let want_inbound = mode.map_or_else(Vec::new, expected_inbound);
+        let got_inbound = inbound_rules(&pod)?;
         ensure!(
-            got == want,
-            "pod {}: rules of ours {got:?}, want {want:?}; rules:\n{}",
+            got == want && got_inbound == want_inbound,
+            "pod {}: rules of ours {got:?}, want {want:?}; inbound steering {got_inbound:?}, \
+             want {want_inbound:?}; rules:\n{}",
             pod.name(),
             listing(&pod).unwrap_or_else(|e| format!("{e:#}"))
         );
     }
     Ok(())
+}
+
+/// The inbound listener netfilter modes redirect to, and the mark of the proxy's delivery
+/// connections to the app (which the output rules must let through).
+pub const INBOUND_PORT: u16 = 15006;
+pub const DELIVERY_MARK: u32 = 0x111;
+
+/// What [`inbound_rules`] must report in a pod that `mode` steers (nothing for eBPF, whose
+/// inbound steering is a program).
+pub fn expected_inbound(mode: Mode) -> Vec<String> {
+    let pieces = [
+        "PREROUTING jump",
+        "SLUICE_INBOUND redirect",
+        "delivery mark returns",
+    ];
+    match mode {
+        Mode::Ebpf => Vec::new(),
+        Mode::Nftables => vec![
+            "nft prerouting redirect".into(),
+            "nft delivery mark returns".into(),
+        ],
+        Mode::Iptables => ["iptables-nft", "ip6tables-nft"]
+            .iter()
+            .flat_map(|tool| pieces.iter().map(move |p| format!("{tool} {p}")))
+            .collect(),
+    }
+}
+
+/// The pieces of inbound steering of ours in `pod`'s netns, as [`expected_inbound`] names
+/// them: in nftables, `table inet sluice` with a `prerouting` chain redirecting to the
+/// inbound listener and an output rule letting the delivery mark through; in each iptables
+/// flavour and family, the `PREROUTING` jump, the `SLUICE_INBOUND` redirect and the
+/// `SLUICE_OUTPUT` return for the delivery mark.
+pub fn inbound_rules(pod: &Pod) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    if in_pod(pod, "nft", &["list", "tables"])?.contains("table inet sluice") {
+        let table = in_pod(pod, "nft", &["list", "table", "inet", "sluice"])?;
+        if nft_chain(&table, "prerouting").is_some_and(|c| {
+            c.contains("type nat hook prerouting")
+                && c.contains(&format!("redirect to :{INBOUND_PORT}"))
+        }) {
+            found.push("nft prerouting redirect".to_string());
+        }
+        if table.lines().any(is_nft_delivery_return) {
+            found.push("nft delivery mark returns".to_string());
+        }
+    }
+    for backend in [Backend::Iptables, Backend::IptablesLegacy] {
+        for ipv6 in [false, true] {
+            if backend == Backend::IptablesLegacy && !legacy_tables_exist(pod, ipv6)? {
+                continue;
+            }
+            let tool = backend.tool(ipv6);
+            let save = in_pod(pod, &format!("{tool}-save"), &["-t", "nat"])?;
+            let pieces = [
+                (
+                    "PREROUTING jump",
+                    save.lines().any(|l| {
+                        l.starts_with("-A PREROUTING ") && l.ends_with("-j SLUICE_INBOUND")
+                    }),
+                ),
+                (
+                    "SLUICE_INBOUND redirect",
+                    save.lines().any(|l| {
+                        l.starts_with("-A SLUICE_INBOUND ")
+                            && l.ends_with(&format!("-j REDIRECT --to-ports {INBOUND_PORT}"))
+                    }),
+                ),
+                (
+                    "delivery mark returns",
+                    save.lines().any(|l| {
+                        l == format!("-A SLUICE_OUTPUT -m mark --mark {DELIVERY_MARK:#x} -j RETURN")
+                    }),
+                ),
+            ];
+            for (piece, present) in pieces {
+                if present {
+                    found.push(format!("{tool} {piece}"));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The body of chain `name` in an `nft list table` listing.
+fn nft_chain<'a>(table: &'a str, name: &str) -> Option<&'a str> {
+    let start = table.find(&format!("chain {name} {{"))?;
+    let body = &table[start..];
+    Some(&body[..body.find("\n\t}").unwrap_or(body.len())])
+}
+
+/// `meta mark 0x00000111 return` (nft prints marks zero-padded).
+fn is_nft_delivery_return(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    matches!(words.as_slice(), ["meta", "mark", mark, "return"]
+        if u32::from_str_radix(mark.trim_start_matches("0x"), 16) == Ok(DELIVERY_MARK))
+}
+
+/// Packets the iptables-nft `SLUICE_INBOUND` redirect of one family matched in `pod` (the
+/// nat table sees the first packet of each connection only, so: connections redirected).
+pub fn inbound_redirects(pod: &Pod, ipv6: bool) -> Result<u64> {
+    let tool = format!("{}-save", Backend::Iptables.tool(ipv6));
+    let save = in_pod(pod, &tool, &["-c", "-t", "nat"])?;
+    let suffix = format!("-j REDIRECT --to-ports {INBOUND_PORT}");
+    let counters = save.lines().find_map(|l| {
+        let (counters, rule) = l.strip_prefix('[')?.split_once("] ")?;
+        (rule.starts_with("-A SLUICE_INBOUND ") && rule.ends_with(&suffix)).then_some(counters)
+    });
+    let packets = counters
+        .and_then(|c| c.split_once(':'))
+        .and_then(|(p, _)| p.parse().ok());
+    packets.with_context(|| format!("no SLUICE_INBOUND redirect with counters in {tool}:\n{save}"))
 }
 
 /// Rules of ours that a netns holds, by where they live.
@@ -214,6 +330,21 @@ pub fn cli(pod: &Pod, action: &str, backend: Backend, extra: &[String]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_nft_delivery_return_and_chain_bodies() {
+        assert!(is_nft_delivery_return("\t\tmeta mark 0x00000111 return"));
+        assert!(is_nft_delivery_return("meta mark 0x111 return"));
+        assert!(!is_nft_delivery_return("\t\tmeta mark 0x00000539 return"));
+        let table = "table inet sluice {\n\tchain output {\n\t\tredirect to :15001\n\t}\n\
+                     \tchain prerouting {\n\t\tredirect to :15006\n\t}\n}\n";
+        assert_eq!(
+            nft_chain(table, "output"),
+            Some("chain output {\n\t\tredirect to :15001")
+        );
+        assert!(nft_chain(table, "prerouting").is_some_and(|c| c.contains(":15006")));
+        assert_eq!(nft_chain(table, "input"), None);
+    }
 
     #[test]
     fn normalise_drops_comments_and_policy_counters() {

@@ -15,14 +15,27 @@ pub fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
 }
 
 /// The client address the server reported; panics if it reported none.
-pub fn server_saw_ip(r: &ConnResult) -> IpAddr {
+pub fn server_saw(r: &ConnResult) -> SocketAddr {
     let saw = r
         .server_saw
         .as_deref()
         .unwrap_or_else(|| panic!("server did not report a peer: {r:?}"));
     saw.parse::<SocketAddr>()
         .unwrap_or_else(|e| panic!("bad peer {saw}: {e}"))
-        .ip()
+}
+
+/// The client IP the server reported; panics if it reported none.
+pub fn server_saw_ip(r: &ConnResult) -> IpAddr {
+    server_saw(r).ip()
+}
+
+/// The port of the client's own socket (`getsockname` after connect).
+pub fn client_port(r: &ConnResult) -> u16 {
+    let local = r.local.as_deref().unwrap_or_default();
+    local
+        .parse::<SocketAddr>()
+        .unwrap_or_else(|e| panic!("bad local address {local:?}: {e}: {r:?}"))
+        .port()
 }
 
 /// Asserts one connection worked as if direct: payload intact both ways, `getpeername` is
@@ -44,12 +57,31 @@ pub fn assert_transparent(r: &ConnResult, from: IpAddr, to: SocketAddr) {
 /// The shape most scenarios share: enrolled `client-a`, and `server-b` (known to the agent,
 /// not enrolled) serving on 8080, on a node in `mode`.
 pub fn client_and_server(node: &Node, mode: Mode) -> (Pod, Pod, Server, AgentConfig) {
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    let server = b.serve(8080, "server-b").unwrap();
+    let (a, b, server) = two_pods(node);
     let cfg = AgentConfig::new(node)
         .mode(mode)
         .with(Workload::enrolled(&a))
         .with(Workload::known(&b));
     (a, b, server, cfg)
+}
+
+/// The inbound shape: `client-a`, a pod outside the mesh (not even known to the agent),
+/// and enrolled `server-b` serving on 8080, on a node in `mode`.
+pub fn outside_client_and_enrolled_server(
+    node: &Node,
+    mode: Mode,
+) -> (Pod, Pod, Server, AgentConfig) {
+    let (a, b, server) = two_pods(node);
+    let cfg = AgentConfig::new(node)
+        .mode(mode)
+        .with(Workload::enrolled(&b));
+    (a, b, server, cfg)
+}
+
+/// Pods `client-a` and `server-b`, the latter serving on 8080.
+fn two_pods(node: &Node) -> (Pod, Pod, Server) {
+    let a = node.add_pod("client-a").unwrap();
+    let b = node.add_pod("server-b").unwrap();
+    let server = b.serve(8080, "server-b").unwrap();
+    (a, b, server)
 }

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tests::capture::TcpCounts;
 use tests::netfilter::expect_rules;
 use tests::pod::finish_dial;
 use tests::scenario::{MIB, addr, assert_transparent, client_and_server};
@@ -96,16 +97,13 @@ fn tcp_metrics_name_workloads_and_count_bytes(mode: Mode) {
         "tcp metrics for client-a -> server-b",
         || {
             let m = agent.metrics()?;
-            let got = [
-                m.sum(tests::capture::OPENED, &labels),
-                m.sum("istio_tcp_connections_closed_total", &labels),
-                m.sum("istio_tcp_sent_bytes_total", &labels),
-                m.sum("istio_tcp_received_bytes_total", &labels),
-            ];
-            let ok = got[0] >= 1.0 && got[1] >= 1.0 && got[2] >= MIB as f64 && got[3] >= MIB as f64;
+            let got = TcpCounts::of(&m, &labels);
+            let mib = MIB as f64;
+            let ok =
+                got.opened >= 1.0 && got.closed >= 1.0 && got.sent >= mib && got.received >= mib;
             if !ok {
                 anyhow::bail!(
-                    "opened/closed/sent/received = {got:?}; istio samples: {:?}",
+                    "{got:?}; istio samples: {:?}",
                     m.samples
                         .iter()
                         .filter(|s| s.name.starts_with("istio_tcp"))
@@ -530,37 +528,16 @@ fn per_pod_mode_overrides_share_one_node() {
 /// connections, and the app waited forever for the replies.) Netfilter modes only: the
 /// client here is a test thread inside the pod's netns, which only rules can capture.
 fn release_keeps_established_connections(mode: Mode) {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use tests::netns::run_in;
+    use tests::echo::{EchoClient, EchoServer};
 
     let node = Node::new().unwrap();
     let (a, b, _server, full) = client_and_server(&node, mode);
     let mut agent = start(&node, full.clone());
     let echo_addr = addr(b.ip(), 9090);
-    let listener = run_in(&b.netns_path(), || Ok(TcpListener::bind(echo_addr)?)).unwrap();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n @ 1..) = conn.read(&mut buf) {
-                    if conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let _echo = EchoServer::start(&b, echo_addr).unwrap();
     let before = snapshot(&agent);
-    let mut conn = run_in(&a.netns_path(), || Ok(TcpStream::connect(echo_addr)?)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut echo = |word: &[u8]| -> std::io::Result<Vec<u8>> {
-        conn.write_all(word)?;
-        let mut got = vec![0u8; word.len()];
-        conn.read_exact(&mut got)?;
-        Ok(got)
-    };
-    assert_eq!(echo(b"before").unwrap(), b"before");
+    let mut conn = EchoClient::connect(&a, echo_addr).unwrap();
+    assert_eq!(conn.echo(b"before").unwrap(), b"before");
     assert!(
         before.opened_since(&snapshot(&agent), "client-a") > 0.0,
         "the connection was not captured"
@@ -573,7 +550,8 @@ fn release_keeps_established_connections(mode: Mode) {
     })
     .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(30)));
     assert_eq!(
-        echo(b"after").unwrap_or_else(|e| panic!("connection broken by the release: {e}")),
+        conn.echo(b"after")
+            .unwrap_or_else(|e| panic!("connection broken by the release: {e}")),
         b"after"
     );
 }
