@@ -9,7 +9,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Labels of Istio's TCP metrics, from the reporting (source) side.
+/// Labels of Istio's TCP metrics. `reporter` is `source` for the client's proxy (outbound)
+/// and `destination` for the server's (inbound).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub reporter: &'static str,
@@ -83,12 +84,12 @@ impl Metrics {
         );
         registry.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent by the source to the destination",
+            "Bytes the destination sent back (response), as Istio counts them",
             m.tcp_sent.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received by the source from the destination",
+            "Bytes the source sent to the destination (request), as Istio counts them",
             m.tcp_received.clone(),
         );
         registry.register(

@@ -15,6 +15,13 @@ pub const TUNNEL_PORT: u16 = 15008;
 /// `SO_MARK` on every socket the proxy dials, so netfilter rules can tell the proxy's own
 /// traffic from the app's.
 pub const PROXY_MARK: u32 = 0x539;
+/// `SO_MARK` on the proxy's inbound delivery sockets (transparent, with the client's address
+/// as source). Inside each pod netns a policy route sends packets with this mark to `lo`, so
+/// the app's replies come back to the proxy instead of leaving for the real client; the
+/// kernel copies the mark onto the app's accepted socket (`tcp_fwmark_accept`).
+pub const DELIVERY_MARK: u32 = 0x111;
+/// The routing table of that policy route, in each pod netns.
+pub const DELIVERY_ROUTE_TABLE: u32 = 15006;
 
 /// Most excluded ports one pod may carry (the map value is fixed-size).
 pub const MAX_EXCLUDED_PORTS: usize = 16;
@@ -55,6 +62,28 @@ pub struct PodCapture {
     pub excluded_ports: [u16; MAX_EXCLUDED_PORTS],
     pub excluded_v4: [Cidr; MAX_EXCLUDED_CIDRS],
     pub excluded_v6: [Cidr; MAX_EXCLUDED_CIDRS],
+}
+
+/// One of an enrolled pod's own IP addresses: the key of its inbound steering. `addr` is in
+/// network byte order, IPv4 in `addr[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodIp {
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    pub _pad: u16,
+    pub addr: [u32; 4],
+}
+
+/// Inbound steering of one pod address, keyed by [`PodIp`] in [`maps::INBOUND_PODS`]. The
+/// listener it steers to is the [`maps::INBOUND_LISTENERS`] entry under the same key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundPod {
+    pub n_excluded_ports: u8,
+    pub _pad: u8,
+    /// Local ports that are never captured inbound, host byte order.
+    pub excluded_ports: [u16; MAX_EXCLUDED_PORTS],
 }
 
 /// A socket address: the original destination an app dialled.
@@ -136,10 +165,27 @@ pub enum Counter {
     PeerRestored,
     /// An entry was deleted because the socket it served closed.
     EntryDeleted,
+    /// sk_lookup steered a new inbound connection to its pod's inbound listener.
+    InboundCaptured,
+    /// sk_lookup left a connection to an excluded inbound port alone.
+    InboundSkipExcludedPort,
+    /// sk_lookup left a connection to one of the proxy's own in-pod ports alone: the tunnel
+    /// port, or the outbound listener (IPv6 captures dial it at the pod's own address).
+    InboundSkipProxyPort,
+    /// sk_lookup let the proxy's own delivery to the app through.
+    InboundSkipDelivery,
+    /// sk_lookup saw a local address that is not an enrolled pod's IP (loopback, the
+    /// outbound listener).
+    InboundSkipOtherAddress,
+    /// sk_lookup saw a protocol other than TCP.
+    InboundSkipNotTcp,
+    /// The pod is enrolled but its inbound listener is gone (the agent is down): dropped,
+    /// so the client retries instead of reaching the app past the mesh.
+    InboundNoListener,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::EntryDeleted as u32 + 1;
+    pub const COUNT: u32 = Counter::InboundNoListener as u32 + 1;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Captured,
         Counter::SkipNotEnrolled,
@@ -155,6 +201,13 @@ impl Counter {
         Counter::OrigDstMissed,
         Counter::PeerRestored,
         Counter::EntryDeleted,
+        Counter::InboundCaptured,
+        Counter::InboundSkipExcludedPort,
+        Counter::InboundSkipProxyPort,
+        Counter::InboundSkipDelivery,
+        Counter::InboundSkipOtherAddress,
+        Counter::InboundSkipNotTcp,
+        Counter::InboundNoListener,
     ];
 
     /// Metric-friendly name (`sluice_ebpf_<name>_total`).
@@ -174,6 +227,13 @@ impl Counter {
             Counter::OrigDstMissed => "orig_dst_missed",
             Counter::PeerRestored => "peer_restored",
             Counter::EntryDeleted => "entry_deleted",
+            Counter::InboundCaptured => "inbound_captured",
+            Counter::InboundSkipExcludedPort => "inbound_skip_excluded_port",
+            Counter::InboundSkipProxyPort => "inbound_skip_proxy_port",
+            Counter::InboundSkipDelivery => "inbound_skip_delivery",
+            Counter::InboundSkipOtherAddress => "inbound_skip_other_address",
+            Counter::InboundSkipNotTcp => "inbound_skip_not_tcp",
+            Counter::InboundNoListener => "inbound_no_listener",
         }
     }
 }
@@ -186,6 +246,13 @@ pub mod maps {
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     /// `HashMap<ConnTuple, OrigDst>`: the same, found from the agent's accepted socket.
     pub const ORIG_BY_TUPLE: &str = "ORIG_BY_TUPLE";
+    /// `HashMap<PodIp, InboundPod>`: each enrolled pod address and its inbound exclusions.
+    pub const INBOUND_PODS: &str = "INBOUND_PODS";
+    /// `SockHash<PodIp>`: the proxy's inbound listener in the netns of each pod address.
+    pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    /// `HashMap<ConnTuple, u8>`: the proxy's deliveries to apps while they connect (`src` the
+    /// client's address the proxy sends from, `dst` the app's), which sk_lookup lets through.
+    pub const DELIVERIES: &str = "DELIVERIES";
     /// `PerCpuArray<u64>` indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
 }
@@ -196,4 +263,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::PodCapture {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::ConnTuple {}
+    unsafe impl aya::Pod for super::PodIp {}
+    unsafe impl aya::Pod for super::InboundPod {}
 }

@@ -1,7 +1,7 @@
 //! Address helpers over the kernel's network-order 32-bit words.
 use core::ptr::{read_volatile, write_volatile};
 
-use mesh_common::{AF_INET, AF_INET6, Cidr};
+use mesh_common::{AF_INET, AF_INET6, Cidr, MAX_EXCLUDED_PORTS};
 
 /// Reads a 4-word IPv6 address field of a program context, one volatile 32-bit access per
 /// word: LLVM would otherwise merge the loads into wider ones the verifier refuses.
@@ -78,4 +78,18 @@ pub unsafe fn read_addr(family: u16, v4: *const u32, v6: *const [u32; 4]) -> Opt
             _ => None,
         }
     }
+}
+
+/// Is `port` among the first `n` of `ports`? (The verifier needs the fixed bound.)
+#[inline(always)]
+pub fn port_listed(ports: &[u16; MAX_EXCLUDED_PORTS], n: u8, port: u16) -> bool {
+    for (i, listed) in ports.iter().enumerate() {
+        if i >= n as usize {
+            break;
+        }
+        if *listed == port {
+            return true;
+        }
+    }
+    false
 }

@@ -15,12 +15,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use mesh_common::{
-    AF_INET, AF_INET6, Cidr, Counter, MAX_CGROUP_DEPTH, MAX_EXCLUDED_CIDRS, MAX_EXCLUDED_PORTS,
-    OUTBOUND_LISTENER_PORT, OrigDst, PodCapture,
+    AF_INET, AF_INET6, Cidr, Counter, MAX_CGROUP_DEPTH, MAX_EXCLUDED_CIDRS, OUTBOUND_LISTENER_PORT,
+    OrigDst, PodCapture,
 };
 
 use crate::{
-    addr::{cidr_contains, is_loopback_v4, is_loopback_v6, read_words, write_words},
+    addr::{cidr_contains, is_loopback_v4, is_loopback_v6, port_listed, read_words, write_words},
     counters::count,
     maps::{ENROLLED, ORIG_BY_COOKIE},
 };
@@ -65,7 +65,11 @@ fn capture(ctx: &SockAddrContext, family: u16) -> i32 {
         count(Counter::SkipLoopback);
         return ALLOW;
     }
-    if port_excluded(pod, u16::from_be(dst.port)) {
+    if port_listed(
+        &pod.excluded_ports,
+        pod.n_excluded_ports,
+        u16::from_be(dst.port),
+    ) {
         count(Counter::SkipExcludedPort);
         return ALLOW;
     }
@@ -151,19 +155,6 @@ fn rewrite_destination(sa: *mut bpf_sock_addr, family: u16, pod: &PodCapture) {
             u32::from(OUTBOUND_LISTENER_PORT.to_be()),
         );
     }
-}
-
-#[inline(always)]
-fn port_excluded(pod: &PodCapture, port: u16) -> bool {
-    for i in 0..MAX_EXCLUDED_PORTS {
-        if i >= pod.n_excluded_ports as usize {
-            break;
-        }
-        if pod.excluded_ports[i] == port {
-            return true;
-        }
-    }
-    false
 }
 
 #[inline(always)]

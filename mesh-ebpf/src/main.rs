@@ -8,12 +8,15 @@
 //!   when the sockets they serve close.
 //! - [`sockopt`]: `cgroup/getsockopt` answers `SO_ORIGINAL_DST` on the agent's accepted socket.
 //! - [`peername`]: `cgroup/getpeername4`, `6` show the app the address it dialled.
+//! - [`inbound`]: `sk_lookup`, attached to each enrolled pod's netns, hands new inbound
+//!   connections to the pod's inbound listener without NAT.
 #![no_std]
 #![no_main]
 
 mod addr;
 mod connect;
 mod counters;
+mod inbound;
 mod maps;
 mod peername;
 mod sockops;

@@ -2,9 +2,9 @@
 //! connections they describe survive the restart.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, SockHash},
 };
-use mesh_common::{ConnTuple, Counter, OrigDst, PodCapture};
+use mesh_common::{ConnTuple, Counter, InboundPod, OrigDst, PodCapture, PodIp};
 
 /// Enrolled pods by cgroup id. Written only by the agent.
 #[map(name = "ENROLLED")]
@@ -20,6 +20,21 @@ pub static ORIG_BY_COOKIE: HashMap<u64, OrigDst> = HashMap::pinned(65536, 0);
 /// agent's accepted socket closes (the app may close first, before the agent even accepts).
 #[map(name = "ORIG_BY_TUPLE")]
 pub static ORIG_BY_TUPLE: HashMap<ConnTuple, OrigDst> = HashMap::pinned(65536, 0);
+
+/// Enrolled pods' addresses and their inbound exclusions. Written only by the agent.
+#[map(name = "INBOUND_PODS")]
+pub static INBOUND_PODS: HashMap<PodIp, InboundPod> = HashMap::pinned(8192, 0);
+
+/// The proxy's inbound listener for each enrolled pod address (in that pod's netns). An
+/// entry disappears by itself when its socket closes.
+#[map(name = "INBOUND_LISTENERS")]
+pub static INBOUND_LISTENERS: SockHash<PodIp> = SockHash::pinned(8192, 0);
+
+/// The proxy's deliveries to apps, present only while they connect: sk_lookup sees them
+/// like any inbound connection and must not steer them back to the proxy. Carries no
+/// mark or interface sign the program could read on 5.10, hence the explicit list.
+#[map(name = "DELIVERIES")]
+pub static DELIVERIES: HashMap<ConnTuple, u8> = HashMap::pinned(16384, 0);
 
 /// What the programs did, per CPU (the BPF target has no 64-bit atomic add).
 #[map(name = "COUNTERS")]

@@ -1,8 +1,15 @@
 //! Keeps the set of captured pods equal to the enrolled workloads of the current config.
 //!
 //! Order matters, so that no connection is ever steered to a listener that is not there:
-//! a pod's listeners open before steering starts, and steering stops before they close.
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+//! a pod's listeners (outbound and inbound) open before steering starts, and steering stops
+//! before they close.
+use std::{
+    collections::BTreeMap,
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, BorrowedFd},
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -12,8 +19,8 @@ use crate::{
     config::{Config, RedirectMode, Workload, WorkloadKey},
     metrics::Metrics,
     proxy::{
-        ProxyContext,
-        outbound::{Pod, PodListeners},
+        ProxyContext, delivery,
+        pod::{self, Pod, PodListeners},
     },
     redirect::{CaptureSpec, router::Router},
     sys::netns::Netns,
@@ -128,6 +135,7 @@ impl Enrollment {
             .redirect
             .listeners(&key, mode, ipv6)
             .with_context(|| format!("placing listeners for {mode} steering"))?;
+        let inbound = pod::inbound_listeners(ipv6.is_some());
         let spec = CaptureSpec {
             key,
             mode,
@@ -136,11 +144,23 @@ impl Enrollment {
             listeners: listeners.clone(),
             exclude_ports: workload.exclude_ports.clone(),
             exclude_cidrs: workload.exclude_cidrs.clone(),
+            ips: workload.ips.clone(),
+            inbound_listeners: inbound.clone(),
+            exclude_inbound_ports: workload.exclude_inbound_ports.clone(),
         };
+        let netns = Netns::open(netns_path)?;
+        delivery::prepare_netns(&netns, ipv6.is_some())
+            .map_err(anyhow::Error::msg)
+            .context("installing the return route for inbound delivery")?;
         let pod = Arc::new(Pod {
             workload: workload.clone(),
-            netns: Netns::open(netns_path)?,
-            listeners,
+            netns,
+            outbound: listeners,
+            inbound,
+            exemption: Arc::new(RouterExemption {
+                router: self.redirect.clone(),
+                mode,
+            }),
         });
         let listeners = match PodListeners::open(pod, self.proxy.clone()) {
             Ok(listeners) => listeners,
@@ -149,7 +169,7 @@ impl Enrollment {
                 return Err(err).context("opening the pod's listeners");
             }
         };
-        if let Err(err) = self.redirect.enroll(&spec) {
+        if let Err(err) = self.redirect.enroll(&spec, &inbound_sockets(&listeners)) {
             // Undo whatever part of steering started, and free the listeners for a retry.
             self.release_steering(&spec);
             listeners.close().await;
@@ -171,7 +191,11 @@ impl Enrollment {
         let mut spec = pod.spec.clone();
         spec.exclude_ports = workload.exclude_ports.clone();
         spec.exclude_cidrs = workload.exclude_cidrs.clone();
-        match self.redirect.enroll(&spec) {
+        spec.exclude_inbound_ports = workload.exclude_inbound_ports.clone();
+        match self
+            .redirect
+            .enroll(&spec, &inbound_sockets(&pod.listeners))
+        {
             Ok(()) => {
                 info!(pod = %key, "pod exclusions updated");
                 pod.spec = spec;
@@ -206,7 +230,33 @@ fn only_exclusions_differ(a: &Workload, b: &Workload) -> bool {
     let mut a = a.clone();
     a.exclude_ports = b.exclude_ports.clone();
     a.exclude_cidrs = b.exclude_cidrs.clone();
+    a.exclude_inbound_ports = b.exclude_inbound_ports.clone();
     a == *b
+}
+
+fn inbound_sockets(listeners: &PodListeners) -> Vec<(SocketAddr, BorrowedFd<'_>)> {
+    listeners
+        .inbound()
+        .map(|(addr, listener)| (addr, listener.as_fd()))
+        .collect()
+}
+
+/// Tells the pod's redirect mode about the proxy's deliveries to its app.
+struct RouterExemption {
+    router: Arc<Router>,
+    mode: RedirectMode,
+}
+
+impl delivery::SteeringExemption for RouterExemption {
+    fn begin(&self, from: SocketAddr, to: SocketAddr) -> io::Result<()> {
+        self.router
+            .begin_delivery(self.mode, from, to)
+            .map_err(io::Error::other)
+    }
+
+    fn end(&self, from: SocketAddr, to: SocketAddr) {
+        self.router.end_delivery(self.mode, from, to);
+    }
 }
 
 /// Which mode a workload uses on a node running `node_mode`.

@@ -124,6 +124,7 @@ pub fn netfilter() -> Vec<Check> {
             let rules = pod_rules(
                 &[22],
                 &["10.0.0.0/8".parse().expect("a valid CIDR literal")],
+                &[15021],
             );
             Applier::default()
                 .apply(

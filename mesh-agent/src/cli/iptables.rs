@@ -65,6 +65,9 @@ pub struct PodRuleArgs {
     /// Destination CIDR never captured (repeatable).
     #[arg(long = "exclude-cidr", value_name = "CIDR")]
     exclude_cidrs: Vec<IpNet>,
+    /// The pod's own port never captured inbound, e.g. a health probe's (repeatable).
+    #[arg(long = "exclude-inbound-port", value_name = "PORT")]
+    exclude_inbound_ports: Vec<u16>,
     /// Capture IPv6 too (the pod has an IPv6 address).
     #[arg(long)]
     ipv6: bool,
@@ -152,7 +155,11 @@ fn render(args: &RenderArgs) -> anyhow::Result<String> {
                 args.istio == default_istio_args(),
                 "istio-iptables flags only apply to --profile istio-sidecar"
             );
-            let rules = pod_rules(&args.pod.exclude_ports, &args.pod.exclude_cidrs);
+            let rules = pod_rules(
+                &args.pod.exclude_ports,
+                &args.pod.exclude_cidrs,
+                &args.pod.exclude_inbound_ports,
+            );
             Ok(match args.backend {
                 Output::Nft => rules.nft_transaction(),
                 Output::Iptables => pod_families(&args.pod)
@@ -183,7 +190,11 @@ fn pod_families(pod: &PodRuleArgs) -> Vec<Family> {
 
 fn open(args: &PodArgs) -> anyhow::Result<(Option<Netns>, RuleSet, Vec<Family>)> {
     let netns = args.netns.netns.as_deref().map(Netns::open).transpose()?;
-    let rules = pod_rules(&args.pod.exclude_ports, &args.pod.exclude_cidrs);
+    let rules = pod_rules(
+        &args.pod.exclude_ports,
+        &args.pod.exclude_cidrs,
+        &args.pod.exclude_inbound_ports,
+    );
     Ok((netns, rules, pod_families(&args.pod)))
 }
 

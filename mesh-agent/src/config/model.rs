@@ -123,6 +123,8 @@ pub struct Workload {
     pub exclude_ports: Vec<u16>,
     /// Destination CIDRs never captured for this pod.
     pub exclude_cidrs: Vec<IpNet>,
+    /// The pod's own ports never captured inbound (health probes, admin ports).
+    pub exclude_inbound_ports: Vec<u16>,
 }
 
 /// Identifies a workload across config versions.
@@ -279,6 +281,8 @@ struct RawWorkload {
     exclude_ports: Vec<u16>,
     #[serde(default)]
     exclude_cidrs: Vec<IpNet>,
+    #[serde(default)]
+    exclude_inbound_ports: Vec<u16>,
 }
 
 fn default_namespace() -> String {
@@ -312,11 +316,16 @@ impl TryFrom<RawWorkload> for Workload {
                 ));
             }
         }
-        if raw.exclude_ports.len() > MAX_EXCLUDED_PORTS {
-            return Err(format!(
-                "excludePorts: {who} lists {} ports; at most {MAX_EXCLUDED_PORTS}",
-                raw.exclude_ports.len()
-            ));
+        for (field, ports) in [
+            ("excludePorts", &raw.exclude_ports),
+            ("excludeInboundPorts", &raw.exclude_inbound_ports),
+        ] {
+            if ports.len() > MAX_EXCLUDED_PORTS {
+                return Err(format!(
+                    "{field}: {who} lists {} ports; at most {MAX_EXCLUDED_PORTS}",
+                    ports.len()
+                ));
+            }
         }
         for v6 in [false, true] {
             let n = raw
@@ -342,6 +351,7 @@ impl TryFrom<RawWorkload> for Workload {
             redirect_mode: raw.redirect_mode,
             exclude_ports: raw.exclude_ports,
             exclude_cidrs: raw.exclude_cidrs,
+            exclude_inbound_ports: raw.exclude_inbound_ports,
         })
     }
 }

@@ -30,18 +30,20 @@ pub enum RelayEnd {
 }
 
 /// Relays until both directions are done, the connection idles out, or a side fails.
+/// `client` opened the connection, `server` accepted it: `request` counts the bytes from
+/// client to server, `response` those back.
 pub async fn relay(
-    app: TcpStream,
-    upstream: TcpStream,
+    client: TcpStream,
+    server: TcpStream,
     idle_timeout: Duration,
-    sent: &Counter,
-    received: &Counter,
+    request: &Counter,
+    response: &Counter,
 ) -> io::Result<RelayEnd> {
     let activity = Activity::new();
     let both = async {
         tokio::try_join!(
-            pump(&app, &upstream, sent, &activity),
-            pump(&upstream, &app, received, &activity)
+            pump(&client, &server, request, &activity),
+            pump(&server, &client, response, &activity)
         )
     };
     let end = tokio::select! {
@@ -49,8 +51,8 @@ pub async fn relay(
         () = activity.idle_for(idle_timeout) => Ok(RelayEnd::Idle),
     };
     if !matches!(end, Ok(RelayEnd::Closed)) {
-        reset(&app);
-        reset(&upstream);
+        reset(&client);
+        reset(&server);
     }
     end
 }
@@ -167,15 +169,16 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (client, app_side) = pair(&listener).await;
         let (upstream_side, server) = pair(&listener).await;
-        let (sent, received) = (Counter::default(), Counter::default());
-        let (s, r) = (sent.clone(), received.clone());
-        let task = tokio::spawn(async move { relay(app_side, upstream_side, idle, &s, &r).await });
-        (client, server, task, sent, received)
+        let (request, response) = (Counter::default(), Counter::default());
+        let (q, r) = (request.clone(), response.clone());
+        let task = tokio::spawn(async move { relay(app_side, upstream_side, idle, &q, &r).await });
+        (client, server, task, request, response)
     }
 
     #[tokio::test]
     async fn relays_both_ways_with_half_close() {
-        let (mut client, mut server, task, sent, received) = setup(Duration::from_secs(30)).await;
+        let (mut client, mut server, task, request, response) =
+            setup(Duration::from_secs(30)).await;
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         client.write_all(&data).await.unwrap();
         client.shutdown().await.unwrap();
@@ -188,8 +191,8 @@ mod tests {
         client.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"reply after half-close");
         assert_eq!(task.await.unwrap().unwrap(), RelayEnd::Closed);
-        assert_eq!(sent.get(), 1_000_000);
-        assert_eq!(received.get(), 22);
+        assert_eq!(request.get(), 1_000_000);
+        assert_eq!(response.get(), 22);
     }
 
     #[tokio::test]

@@ -1,19 +1,31 @@
-//! The node proxy. [`outbound`] accepts captured connections on each enrolled pod's
-//! listeners, [`upstream`] dials the original destination from inside the pod's netns, and
-//! [`l4`] relays bytes between them.
+//! The node proxy. [`pod`] holds each captured pod's listeners inside its netns. Every
+//! request path is accept → decide → dial → relay: [`outbound`] dials the original
+//! destination from the pod's netns ([`upstream`]), [`inbound`] delivers to the app from
+//! the client's address ([`delivery`]), and [`l4`] relays bytes between the two sockets.
+pub mod delivery;
+pub mod inbound;
 pub mod l4;
 pub mod orig_dst;
 pub mod outbound;
+pub mod pod;
 pub mod upstream;
 
-use std::sync::{
-    Arc, RwLock,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
+use tokio::net::TcpStream;
+use tracing::debug;
+
 use crate::{
-    config::{Config, ProxySettings},
-    metrics::Metrics,
+    config::{Config, ProxySettings, Workload},
+    metrics::{ConnectionCounters, Metrics, TcpLabels},
     state::WorkloadIndex,
 };
 
@@ -64,4 +76,60 @@ impl ProxyContext {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Istio's TCP labels for a connection between two workloads (`None`: not a known one).
+fn tcp_labels(
+    reporter: &'static str,
+    source: Option<&Workload>,
+    destination: Option<&Workload>,
+) -> TcpLabels {
+    let name = |w: Option<&Workload>| w.map_or_else(|| "unknown".into(), |w| w.name.clone());
+    let namespace =
+        |w: Option<&Workload>| w.map_or_else(|| "unknown".into(), |w| w.namespace.clone());
+    TcpLabels {
+        reporter,
+        source_workload: name(source),
+        source_workload_namespace: namespace(source),
+        // Only the client's own proxy knows who it is: plaintext proves nothing to the
+        // server's side.
+        source_principal: match (reporter, source) {
+            ("source", Some(w)) => w.principal(),
+            _ => "unknown".into(),
+        },
+        destination_workload: name(destination),
+        destination_workload_namespace: namespace(destination),
+        request_protocol: "tcp",
+        connection_security_policy: "none",
+    }
+}
+
+/// The end every request path shares: relays the accepted connection to the one dialled
+/// for it, or resets it when dialling failed (the client sees the failure, as it would
+/// without the mesh), then counts the connection closed.
+async fn relay_or_reset(
+    ctx: &ProxyContext,
+    accepted: TcpStream,
+    dialled: io::Result<TcpStream>,
+    dst: SocketAddr,
+    counters: &ConnectionCounters,
+    idle: Duration,
+) {
+    match dialled {
+        Ok(dialled) => {
+            debug!(%dst, "relaying");
+            let request = &counters.received_bytes;
+            let response = &counters.sent_bytes;
+            match l4::relay(accepted, dialled, idle, request, response).await {
+                Ok(end) => debug!(%dst, ?end, "connection done"),
+                Err(err) => debug!(%dst, %err, "connection failed"),
+            }
+        }
+        Err(err) => {
+            debug!(%dst, %err, "dial failed; resetting the accepted connection");
+            l4::reset(&accepted);
+        }
+    }
+    counters.closed();
+    ctx.connection_finished();
 }

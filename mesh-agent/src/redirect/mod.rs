@@ -10,7 +10,8 @@ pub mod netfilter;
 pub mod router;
 
 use std::{
-    net::{Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    os::fd::BorrowedFd,
     path::PathBuf,
 };
 
@@ -22,6 +23,7 @@ use crate::config::WorkloadKey;
 
 /// What steering one pod needs to know.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CaptureSpec {
     pub key: WorkloadKey,
     pub mode: RedirectMode,
@@ -31,7 +33,16 @@ pub struct CaptureSpec {
     pub listeners: Vec<SocketAddr>,
     pub exclude_ports: Vec<u16>,
     pub exclude_cidrs: Vec<IpNet>,
+    /// The pod's own addresses: inbound connections to these are captured.
+    pub ips: Vec<IpAddr>,
+    /// Where inbound connections are steered (the same in every mode).
+    pub inbound_listeners: Vec<SocketAddr>,
+    pub exclude_inbound_ports: Vec<u16>,
 }
+
+/// The pod's open inbound listening sockets by the address they are bound to, for steering
+/// that hands a connection to the socket itself (sk_lookup) rather than to an address.
+pub type InboundSockets<'a> = [(SocketAddr, BorrowedFd<'a>)];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
@@ -51,12 +62,21 @@ pub trait Redirect: Send + Sync {
         key: &WorkloadKey,
         ipv6: Option<Ipv6Addr>,
     ) -> Result<Vec<SocketAddr>, RedirectError>;
-    /// Starts (or updates) capturing the pod. Its listeners must already be open.
-    fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError>;
+    /// Starts (or updates) capturing the pod, outbound and inbound. Its listeners must
+    /// already be open.
+    fn enroll(&self, spec: &CaptureSpec, inbound: &InboundSockets<'_>)
+    -> Result<(), RedirectError>;
     /// Stops capturing the pod, at once for new connections.
     fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError>;
     /// Stops steering every pod not in `keep` that this mode can still find.
     fn retain_only(&self, keep: &[&CaptureSpec]) -> Result<(), RedirectError>;
+    /// The proxy is about to connect `from` → `to` inside a pod to deliver an inbound
+    /// connection: steering that would capture that connect again must let it through.
+    fn begin_delivery(&self, _from: SocketAddr, _to: SocketAddr) -> Result<(), RedirectError> {
+        Ok(())
+    }
+    /// That connect is over; see [`Redirect::begin_delivery`].
+    fn end_delivery(&self, _from: SocketAddr, _to: SocketAddr) {}
     /// `(metric name, value)` of what the steering did: `sluice_<name>_total`.
     fn counters(&self) -> Vec<(String, u64)>;
     /// Everything worth seeing when debugging the steering, for the admin endpoint.

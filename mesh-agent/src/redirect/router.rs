@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{CaptureSpec, Redirect, RedirectError, RedirectMode};
+use super::{CaptureSpec, InboundSockets, Redirect, RedirectError, RedirectMode};
 use crate::config::WorkloadKey;
 
 pub struct Router {
@@ -51,8 +51,29 @@ impl Router {
     }
 
     /// See [`Redirect::enroll`], in the spec's mode.
-    pub fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
-        self.get(spec.mode)?.enroll(spec)
+    pub fn enroll(
+        &self,
+        spec: &CaptureSpec,
+        inbound: &InboundSockets<'_>,
+    ) -> Result<(), RedirectError> {
+        self.get(spec.mode)?.enroll(spec, inbound)
+    }
+
+    /// See [`Redirect::begin_delivery`], in `mode`.
+    pub fn begin_delivery(
+        &self,
+        mode: RedirectMode,
+        from: SocketAddr,
+        to: SocketAddr,
+    ) -> Result<(), RedirectError> {
+        self.get(mode)?.begin_delivery(from, to)
+    }
+
+    /// See [`Redirect::end_delivery`], in `mode`.
+    pub fn end_delivery(&self, mode: RedirectMode, from: SocketAddr, to: SocketAddr) {
+        if let Ok(redirect) = self.get(mode) {
+            redirect.end_delivery(from, to);
+        }
     }
 
     /// See [`Redirect::release`], in the spec's mode.

@@ -109,6 +109,11 @@ where
     let link = link
         .try_into()
         .map_err(|error| EbpfError::Link { name, error })?;
+    pin_link(link, path)
+}
+
+/// [`pin`] for a link that already is an [`FdLink`].
+pub(super) fn pin_link(link: FdLink, path: &Path) -> Result<FdLink, EbpfError> {
     if path.exists() {
         debug!(path = %path.display(), "replacing pinned link");
         std::fs::remove_file(path).map_err(|error| EbpfError::Unpin {

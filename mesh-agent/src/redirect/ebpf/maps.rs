@@ -1,12 +1,38 @@
 //! Converting between the agent's types and the maps' plain-data layouts.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+};
 use ipnet::IpNet;
-use mesh_common::{AF_INET, Cidr, ConnTuple, Counter, OrigDst, PodCapture};
+use mesh_common::{AF_INET, AF_INET6, Cidr, ConnTuple, Counter, OrigDst, PodCapture};
 use serde_json::{Value, json};
 
+use super::EbpfError;
 use crate::redirect::CaptureSpec;
+
+/// Takes the named map out of the loaded object as its typed handle.
+pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EbpfError::Map {
+        name,
+        error: MapError::InvalidName { name: name.into() },
+    })?;
+    T::try_from(map).map_err(|error| EbpfError::Map { name, error })
+}
+
+/// True when a map operation failed only because the key was not there.
+pub fn is_not_found(error: &MapError) -> bool {
+    matches!(error, MapError::KeyNotFound)
+        || matches!(error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+pub fn family(ip: IpAddr) -> u16 {
+    if ip.is_ipv4() { AF_INET } else { AF_INET6 }
+}
 
 /// The enrollment value for a pod. The counts fit: config validation bounds the lists.
 pub fn pod_capture(spec: &CaptureSpec) -> PodCapture {
@@ -45,7 +71,8 @@ fn v6_words(ip: &Ipv6Addr) -> [u32; 4] {
     })
 }
 
-fn words(ip: IpAddr) -> [u32; 4] {
+/// An address as the maps hold it: network-order words, IPv4 in the first.
+pub fn words(ip: IpAddr) -> [u32; 4] {
     match ip {
         IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
         IpAddr::V6(v6) => v6_words(&v6),
@@ -142,6 +169,9 @@ mod tests {
             ],
             exclude_ports: vec![22, 8080],
             exclude_cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            ips: vec!["10.0.0.7".parse().unwrap()],
+            inbound_listeners: vec!["0.0.0.0:15006".parse().unwrap()],
+            exclude_inbound_ports: vec![15021],
         }
     }
 

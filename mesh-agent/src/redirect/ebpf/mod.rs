@@ -3,12 +3,13 @@
 //! `<bpffsRoot>/<node>/{maps,links}` so steering survives an agent restart, and keeps the
 //! enrollment map in step with the enrolled pods.
 mod attach;
+mod inbound;
 mod listeners;
 mod maps;
 pub mod probe;
 
 use std::{
-    net::{Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -21,8 +22,11 @@ use aya::{
 use mesh_common::{ConnTuple, OrigDst, PodCapture, maps as map_names};
 use tracing::info;
 
-use self::listeners::ListenerAddrs;
-use super::{CaptureSpec, Redirect, RedirectError};
+use self::{
+    inbound::{Deliveries, InboundSteering},
+    listeners::ListenerAddrs,
+};
+use super::{CaptureSpec, InboundSockets, Redirect, RedirectError};
 use crate::{config::WorkloadKey, sys::mounts};
 
 /// The compiled programs, built by this crate's build script.
@@ -64,6 +68,13 @@ pub enum EbpfError {
         path: PathBuf,
         error: aya::pin::PinError,
     },
+    #[error("opening netns {path}: {error}")]
+    Netns {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("no inbound listener of the family of pod address {ip}")]
+    NoInboundListener { ip: IpAddr },
     #[error("no free loopback listener address left on this node")]
     ListenerAddressesExhausted,
     #[error("removing pins under {path}: {error}")]
@@ -94,9 +105,11 @@ pub struct EbpfRedirect {
     orig_by_tuple: HashMap<MapData, ConnTuple, OrigDst>,
     orig_by_cookie: HashMap<MapData, u64, OrigDst>,
     counters: PerCpuArray<MapData, u64>,
+    /// Per-pod inbound steering, with the loaded object it attaches from.
+    inbound: Mutex<(InboundSteering, Ebpf)>,
+    deliveries: Deliveries,
     /// Keeps the programs attached while the agent runs (they are also pinned).
     _links: Vec<FdLink>,
-    _ebpf: Ebpf,
 }
 
 impl EbpfRedirect {
@@ -115,21 +128,11 @@ impl EbpfRedirect {
             .default_map_pin_directory(pin_dir.join("maps"))
             .load(PROGRAMS)?;
         let links = attach::attach_all(&mut ebpf, &settings)?;
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(EbpfError::Map {
-                name,
-                error: aya::maps::MapError::InvalidName { name: name.into() },
-            })
-        };
-        let map_err = |name| move |error| EbpfError::Map { name, error };
-        let enrolled = HashMap::try_from(take(&mut ebpf, map_names::ENROLLED)?)
-            .map_err(map_err(map_names::ENROLLED))?;
-        let orig_by_tuple = HashMap::try_from(take(&mut ebpf, map_names::ORIG_BY_TUPLE)?)
-            .map_err(map_err(map_names::ORIG_BY_TUPLE))?;
-        let orig_by_cookie = HashMap::try_from(take(&mut ebpf, map_names::ORIG_BY_COOKIE)?)
-            .map_err(map_err(map_names::ORIG_BY_COOKIE))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)
-            .map_err(map_err(map_names::COUNTERS))?;
+        let (inbound, deliveries) = InboundSteering::load(&mut ebpf, pin_dir.join("inbound"))?;
+        let enrolled = maps::take(&mut ebpf, map_names::ENROLLED)?;
+        let orig_by_tuple = maps::take(&mut ebpf, map_names::ORIG_BY_TUPLE)?;
+        let orig_by_cookie = maps::take(&mut ebpf, map_names::ORIG_BY_COOKIE)?;
+        let counters = maps::take(&mut ebpf, map_names::COUNTERS)?;
         info!(pins = %pin_dir.display(), cgroup_root = %settings.cgroup_root.display(), "eBPF steering attached");
         Ok(Self {
             settings,
@@ -138,8 +141,9 @@ impl EbpfRedirect {
             orig_by_tuple,
             orig_by_cookie,
             counters,
+            inbound: Mutex::new((inbound, ebpf)),
+            deliveries,
             _links: links,
-            _ebpf: ebpf,
         })
     }
 }
@@ -182,7 +186,11 @@ impl Redirect for EbpfRedirect {
         Ok(listeners)
     }
 
-    fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+    fn enroll(
+        &self,
+        spec: &CaptureSpec,
+        inbound: &InboundSockets<'_>,
+    ) -> Result<(), RedirectError> {
         let id = mounts::cgroup_id(&spec.cgroup).map_err(EbpfError::from)?;
         let value = maps::pod_capture(spec);
         let mut map = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,10 +198,18 @@ impl Redirect for EbpfRedirect {
             name: map_names::ENROLLED,
             error,
         })?;
+        let mut guard = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+        let (steering, ebpf) = &mut *guard;
+        steering.enroll(ebpf, spec, inbound)?;
         Ok(())
     }
 
     fn release(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+        self.inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .release(spec)?;
         self.addrs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -217,6 +233,11 @@ impl Redirect for EbpfRedirect {
     }
 
     fn retain_only(&self, keep: &[&CaptureSpec]) -> Result<(), RedirectError> {
+        self.inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .retain_only(keep)?;
         let keep: Vec<u64> = keep
             .iter()
             .map(|spec| mounts::cgroup_id(&spec.cgroup))
@@ -237,6 +258,14 @@ impl Redirect for EbpfRedirect {
         Ok(())
     }
 
+    fn begin_delivery(&self, from: SocketAddr, to: SocketAddr) -> Result<(), RedirectError> {
+        Ok(self.deliveries.begin(from, to)?)
+    }
+
+    fn end_delivery(&self, from: SocketAddr, to: SocketAddr) {
+        self.deliveries.end(from, to);
+    }
+
     fn counters(&self) -> Vec<(String, u64)> {
         maps::read_counters(&self.counters)
             .into_iter()
@@ -249,6 +278,12 @@ impl Redirect for EbpfRedirect {
             let map = self.enrolled.lock().unwrap_or_else(|p| p.into_inner());
             maps::dump_enrolled(&map)
         };
+        let inbound = self
+            .inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .dump();
         serde_json::json!({
             "mode": "ebpf",
             "pins": self.settings.pin_dir(),
@@ -259,6 +294,8 @@ impl Redirect for EbpfRedirect {
             "enrolled": enrolled,
             "origDstByTuple": maps::dump_tuples(&self.orig_by_tuple),
             "origDstByCookieEntries": self.orig_by_cookie.keys().count(),
+            "inbound": inbound,
+            "deliveriesInFlight": self.deliveries.in_flight(),
         })
     }
 }

@@ -88,13 +88,20 @@ impl Applier {
                 .canonical(&rules.iptables_payload(family, true), &script)
                 .map_err(err)?;
             let jumps = rules.iptables_jumps();
-            if our_rules(&live) == our_rules(&want) && jumps.iter().all(|j| count(&live, j) == 1) {
+            let stale = stale_chains(&live, rules);
+            if our_rules(&live) == our_rules(&want)
+                && jumps.iter().all(|j| count(&live, j) == 1)
+                && stale.is_empty()
+            {
                 continue;
             }
             // Our chains are rewritten whole (declaring them flushes them); jumps are added
-            // when missing and deduplicated, never touching anyone else's rules.
+            // when missing and deduplicated, never touching anyone else's rules. A chain of
+            // ours this ruleset no longer has (inbound, once the pod is retired) goes, with
+            // the jumps into it.
             let mut payload = rules.iptables_payload(family, false);
             payload.truncate(payload.len() - "COMMIT\n".len());
+            payload.push_str(&removal(&live, &stale));
             for jump in &jumps {
                 match count(&live, jump) {
                     0 => payload.push_str(&format!("{}\n", insert_form(jump))),
@@ -148,23 +155,11 @@ impl Applier {
                 Err(_) if family == Family::V6 => continue,
                 Err(error) => return Err(err(error)),
             };
-            let mut payload = String::from("*nat\n");
-            for line in live.lines() {
-                let jumps_to_ours = line.ends_with(&format!("-j {OUTPUT_CHAIN}"))
-                    || line.ends_with(&format!("-j {INBOUND_CHAIN}"));
-                if line.starts_with("-A ") && jumps_to_ours {
-                    payload.push_str(&format!("{}\n", line.replacen("-A ", "-D ", 1)));
-                }
-            }
-            for chain in [OUTPUT_CHAIN, INBOUND_CHAIN] {
-                if live.lines().any(|l| l.starts_with(&format!(":{chain} "))) {
-                    payload.push_str(&format!("-F {chain}\n-X {chain}\n"));
-                }
-            }
-            if payload == "*nat\n" {
+            let ours = removal(&live, &[OUTPUT_CHAIN, INBOUND_CHAIN]);
+            if ours.is_empty() {
                 continue;
             }
-            payload.push_str("COMMIT\n");
+            let payload = format!("*nat\n{ours}COMMIT\n");
             exec::run(target, restore, &["--noflush"], &payload).map_err(err)?;
             removed = true;
         }
@@ -196,6 +191,37 @@ fn live_nft(target: NetnsTarget<'_>) -> String {
 }
 
 /// The rules inside our chains, in order.
+/// Chains of ours declared in `save` that `rules` does not have.
+fn stale_chains(save: &str, rules: &RuleSet) -> Vec<&'static str> {
+    let wanted = rules.iptables_chains();
+    [OUTPUT_CHAIN, INBOUND_CHAIN]
+        .into_iter()
+        .filter(|chain| !wanted.contains(chain) && declares(save, chain))
+        .collect()
+}
+
+/// `iptables-restore` lines that delete every jump into `chains` and then the chains
+/// themselves, as far as `save` has them.
+fn removal(save: &str, chains: &[&str]) -> String {
+    let mut out = String::new();
+    for line in save.lines() {
+        let jumps_to_ours = chains.iter().any(|c| line.ends_with(&format!("-j {c}")));
+        if line.starts_with("-A ") && jumps_to_ours {
+            out.push_str(&format!("{}\n", line.replacen("-A ", "-D ", 1)));
+        }
+    }
+    for chain in chains {
+        if declares(save, chain) {
+            out.push_str(&format!("-F {chain}\n-X {chain}\n"));
+        }
+    }
+    out
+}
+
+fn declares(save: &str, chain: &str) -> bool {
+    save.lines().any(|l| l.starts_with(&format!(":{chain} ")))
+}
+
 fn our_rules(save: &str) -> Vec<&str> {
     let prefixes = [
         format!("-A {OUTPUT_CHAIN} "),

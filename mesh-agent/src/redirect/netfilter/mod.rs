@@ -18,7 +18,9 @@ use std::{
     },
 };
 
-use mesh_common::{INBOUND_LISTENER_PORT, OUTBOUND_LISTENER_PORT, PROXY_MARK, TUNNEL_PORT};
+use mesh_common::{
+    DELIVERY_MARK, INBOUND_LISTENER_PORT, OUTBOUND_LISTENER_PORT, PROXY_MARK, TUNNEL_PORT,
+};
 use serde::Serialize;
 
 use self::{
@@ -26,7 +28,7 @@ use self::{
     backend::Backend,
     rules::{Family, RuleSet},
 };
-use super::{CaptureSpec, Redirect, RedirectError, RedirectMode};
+use super::{CaptureSpec, InboundSockets, Redirect, RedirectError, RedirectMode};
 use crate::{
     config::WorkloadKey,
     sys::{
@@ -48,19 +50,22 @@ pub enum NetfilterError {
     },
 }
 
-/// The ruleset a captured pod gets. Inbound capture stays off until the proxy serves the
-/// inbound listener: redirecting inbound traffic to a port nobody listens on would cut the
-/// pod off.
-pub fn pod_rules(exclude_ports: &[u16], exclude_cidrs: &[ipnet::IpNet]) -> RuleSet {
+/// The ruleset a captured pod gets: outbound and inbound capture.
+pub fn pod_rules(
+    exclude_ports: &[u16],
+    exclude_cidrs: &[ipnet::IpNet],
+    exclude_inbound_ports: &[u16],
+) -> RuleSet {
     RuleSet {
         outbound_port: OUTBOUND_LISTENER_PORT,
         inbound_port: INBOUND_LISTENER_PORT,
         tunnel_port: TUNNEL_PORT,
         proxy_mark: PROXY_MARK,
+        delivery_mark: DELIVERY_MARK,
         exclude_ports: exclude_ports.to_vec(),
         exclude_cidrs: exclude_cidrs.to_vec(),
-        inbound: false,
-        inbound_exclude_ports: Vec::new(),
+        inbound: true,
+        inbound_exclude_ports: exclude_inbound_ports.to_vec(),
         retired: false,
     }
 }
@@ -140,10 +145,19 @@ impl Redirect for NetfilterRedirect {
         Ok(listeners)
     }
 
-    fn enroll(&self, spec: &CaptureSpec) -> Result<(), RedirectError> {
+    /// Inbound capture is a REDIRECT to the listeners' port: the sockets are not needed.
+    fn enroll(
+        &self,
+        spec: &CaptureSpec,
+        _inbound: &InboundSockets<'_>,
+    ) -> Result<(), RedirectError> {
         let netns = Netns::open(&spec.netns).map_err(NetfilterError::from)?;
         let backend = self.backend(&netns);
-        let rules = pod_rules(&spec.exclude_ports, &spec.exclude_cidrs);
+        let rules = pod_rules(
+            &spec.exclude_ports,
+            &spec.exclude_cidrs,
+            &spec.exclude_inbound_ports,
+        );
         let outcome = self
             .applier
             .apply(
@@ -190,7 +204,7 @@ impl Redirect for NetfilterRedirect {
                 .map_err(NetfilterError::from)?;
             return Ok(());
         };
-        let mut retired = pod_rules(&[], &[]);
+        let mut retired = pod_rules(&[], &[], &[]);
         retired.retired = true;
         self.applier
             .apply(target, record.backend, &retired, &families(&spec.listeners))

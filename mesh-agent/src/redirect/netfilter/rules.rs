@@ -1,9 +1,9 @@
 //! The native ruleset: one model of what the eBPF programs do, rendered for either backend.
 //!
-//! Outbound TCP that is not the proxy's own (the proxy marks its sockets) and not to
-//! loopback, an excluded port or an excluded CIDR is redirected to the pod's outbound
-//! listener; with inbound capture on, inbound TCP except the tunnel port and excluded ports
-//! goes to the inbound listener. Chain and table names are Sluice's own, so other rules are
+//! Outbound TCP that is not the proxy's own (the proxy marks its upstream and delivery
+//! sockets) and not to loopback, an excluded port or an excluded CIDR is redirected to the
+//! pod's outbound listener; with inbound capture on, inbound TCP except the tunnel port and
+//! excluded ports goes to the inbound listener. Chain and table names are Sluice's own, so other rules are
 //! never touched.
 use std::fmt::Write as _;
 
@@ -28,6 +28,9 @@ pub struct RuleSet {
     pub inbound_port: u16,
     pub tunnel_port: u16,
     pub proxy_mark: u32,
+    /// The mark of the proxy's inbound deliveries: made locally, so the output chain would
+    /// otherwise capture them as the app's own connects.
+    pub delivery_mark: u32,
     pub exclude_ports: Vec<u16>,
     pub exclude_cidrs: Vec<IpNet>,
     /// Inbound capture (only once the proxy serves the inbound listener).
@@ -46,9 +49,8 @@ impl RuleSet {
     /// the jumps from the built-in chains (only when they are missing).
     pub fn iptables_payload(&self, family: Family, jumps: bool) -> String {
         let mut out = String::from("*nat\n");
-        let _ = writeln!(out, ":{OUTPUT_CHAIN} - [0:0]");
-        if self.inbound && !self.retired {
-            let _ = writeln!(out, ":{INBOUND_CHAIN} - [0:0]");
+        for chain in self.iptables_chains() {
+            let _ = writeln!(out, ":{chain} - [0:0]");
         }
         for rule in self.iptables_rules(family) {
             let _ = writeln!(out, "{rule}");
@@ -62,6 +64,15 @@ impl RuleSet {
         out
     }
 
+    /// The chains of ours this ruleset has (any other chain of ours must go).
+    pub fn iptables_chains(&self) -> Vec<&'static str> {
+        let mut chains = vec![OUTPUT_CHAIN];
+        if self.inbound && !self.retired {
+            chains.push(INBOUND_CHAIN);
+        }
+        chains
+    }
+
     /// Our chains' rules, as `iptables-save` prints them.
     pub fn iptables_rules(&self, family: Family) -> Vec<String> {
         let out_rule = |spec: &str| format!("-A {OUTPUT_CHAIN} {spec}");
@@ -70,6 +81,10 @@ impl RuleSet {
         }
         let mut rules = vec![
             out_rule(&format!("-m mark --mark {:#x} -j RETURN", self.proxy_mark)),
+            out_rule(&format!(
+                "-m mark --mark {:#x} -j RETURN",
+                self.delivery_mark
+            )),
             out_rule(match family {
                 Family::V4 => "-d 127.0.0.0/8 -j RETURN",
                 Family::V6 => "-d ::1/128 -j RETURN",
@@ -131,7 +146,9 @@ impl RuleSet {
             return out;
         }
         out.push_str("\t\tmeta l4proto != tcp return\n");
-        let _ = writeln!(out, "\t\tmeta mark {:#x} return", self.proxy_mark);
+        for mark in [self.proxy_mark, self.delivery_mark] {
+            let _ = writeln!(out, "\t\tmeta mark {mark:#x} return");
+        }
         out.push_str("\t\tip daddr 127.0.0.0/8 return\n\t\tip6 daddr ::1 return\n");
         if !self.exclude_ports.is_empty() {
             let _ = writeln!(out, "\t\ttcp dport {} return", nft_set(&self.exclude_ports));
@@ -194,6 +211,7 @@ mod tests {
             inbound_port: 15006,
             tunnel_port: 15008,
             proxy_mark: 0x539,
+            delivery_mark: 0x111,
             exclude_ports: vec![22, 8443],
             exclude_cidrs: vec![
                 "10.96.0.0/12".parse().unwrap(),
@@ -229,6 +247,7 @@ mod tests {
             rules().iptables_payload(Family::V4, true),
             "*nat\n:SLUICE_OUTPUT - [0:0]\n\
              -A SLUICE_OUTPUT -m mark --mark 0x539 -j RETURN\n\
+             -A SLUICE_OUTPUT -m mark --mark 0x111 -j RETURN\n\
              -A SLUICE_OUTPUT -d 127.0.0.0/8 -j RETURN\n\
              -A SLUICE_OUTPUT -p tcp -m tcp --dport 22 -j RETURN\n\
              -A SLUICE_OUTPUT -p tcp -m tcp --dport 8443 -j RETURN\n\
@@ -262,6 +281,19 @@ mod tests {
         assert!(payload.contains("-A SLUICE_INBOUND -p tcp -m tcp --dport 15021 -j RETURN"));
         assert!(payload.contains("-A SLUICE_INBOUND -p tcp -j REDIRECT --to-ports 15006"));
         assert!(payload.contains("-I PREROUTING 1 -p tcp -j SLUICE_INBOUND"));
+        let tx = r.nft_transaction();
+        assert!(
+            tx.contains("type nat hook prerouting priority -100;"),
+            "{tx}"
+        );
+        assert!(
+            tx.contains("\t\ttcp dport { 15008, 15021 } return\n"),
+            "{tx}"
+        );
+        assert!(
+            tx.contains("\t\tmeta l4proto tcp redirect to :15006\n"),
+            "{tx}"
+        );
     }
 
     #[test]
@@ -271,6 +303,7 @@ mod tests {
             tx.starts_with("table inet sluice\ndelete table inet sluice\ntable inet sluice {\n")
         );
         assert!(tx.contains("\t\tmeta mark 0x539 return\n"), "{tx}");
+        assert!(tx.contains("\t\tmeta mark 0x111 return\n"), "{tx}");
         assert!(tx.contains("\t\ttcp dport { 22, 8443 } return\n"), "{tx}");
         assert!(
             tx.contains("\t\tip daddr { 10.96.0.0/12 } return\n"),
