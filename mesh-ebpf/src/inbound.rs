@@ -25,6 +25,8 @@ const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
 
 const IPPROTO_TCP: u32 = 6;
+/// What bpf_sk_assign says when an earlier program of the same lookup assigned a socket.
+const EEXIST: i32 = -17;
 
 #[sk_lookup]
 pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
@@ -72,6 +74,9 @@ pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
             count(Counter::InboundCaptured);
             SK_PASS
         }
+        // Another program already chose a socket: during an agent's takeover the old and
+        // new agents' programs both run, on the same maps, and the first one counted it.
+        Err(EEXIST) => SK_PASS,
         Err(_) => {
             // Passing would hand the connection to the app past the mesh; a dropped SYN is
             // retried by the client and reaches the proxy once it is back.

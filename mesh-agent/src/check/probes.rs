@@ -103,7 +103,7 @@ pub fn ebpf() -> Vec<Check> {
                 ));
                 checks.push(needed(
                     &format!("attach {}", p.program),
-                    p.attach.map(|()| "bpf_link to a cgroup (multi)".into()),
+                    p.attach.map(str::to_owned),
                 ));
             }
         }

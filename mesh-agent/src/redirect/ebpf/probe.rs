@@ -1,16 +1,17 @@
 //! Can this kernel run Sluice's programs? Answered the only reliable way: load each one
 //! (the verifier checks every helper and context access against this kernel) and attach it
-//! with a bpf_link to a throwaway cgroup.
-use std::{fs::File, path::Path};
+//! with a bpf_link to a throwaway cgroup (sk_lookup: a throwaway netns).
+use std::{fs::File, io, path::Path};
 
 use aya::{
     EbpfLoader,
-    programs::{CgroupSockAddr, CgroupSockopt, SockOps},
+    programs::{CgroupSockAddr, CgroupSockopt, SkLookup, SockOps},
 };
 
 use super::{
     EbpfError, PROGRAMS,
     attach::{LINK_MODE, SOCK_ADDR_PROGRAMS, SOCK_OPS_PROGRAM, SOCKOPT_PROGRAM, program},
+    inbound,
 };
 
 /// One program's result.
@@ -19,7 +20,8 @@ pub struct ProgramProbe {
     pub program: &'static str,
     /// `Err` holds the first line of the kernel's (or aya's) complaint.
     pub load: Result<(), String>,
-    pub attach: Result<(), String>,
+    /// `Ok` says what it was attached to.
+    pub attach: Result<&'static str, String>,
 }
 
 /// Loads every program with its maps pinned under `pin_dir` (removed afterwards) and
@@ -34,9 +36,10 @@ pub fn probe_programs(pin_dir: &Path, cgroup: &Path) -> Result<Vec<ProgramProbe>
     result
 }
 
-/// Loads and attaches one program of the given aya type, recording each step's outcome.
+/// Loads and attaches one program of the given aya type (to a cgroup, or with `attach`),
+/// recording each step's outcome.
 macro_rules! probe {
-    ($ebpf:expr, $kind:ty, $name:expr, $cgroup:expr) => {{
+    ($ebpf:expr, $kind:ty, $name:expr, attach = $attach:expr) => {{
         let name: &'static str = $name;
         match program::<$kind>($ebpf, name).and_then(|prog| {
             prog.load()
@@ -46,10 +49,7 @@ macro_rules! probe {
             Ok(prog) => ProgramProbe {
                 program: name,
                 load: Ok(()),
-                attach: prog
-                    .attach($cgroup, LINK_MODE)
-                    .map(drop)
-                    .map_err(|e| first_line(&e.to_string())),
+                attach: ($attach)(prog).map_err(|e| first_line(&e.to_string())),
             },
             Err(e) => ProgramProbe {
                 program: name,
@@ -58,6 +58,16 @@ macro_rules! probe {
             },
         }
     }};
+    ($ebpf:expr, $kind:ty, $name:expr, $cgroup:expr) => {
+        probe!(
+            $ebpf,
+            $kind,
+            $name,
+            attach = |prog: &mut $kind| prog
+                .attach($cgroup, LINK_MODE)
+                .map(|_| "bpf_link to a cgroup (multi)")
+        )
+    };
 }
 
 fn load_and_attach(pin_dir: &Path, cgroup: &Path) -> Result<Vec<ProgramProbe>, EbpfError> {
@@ -74,8 +84,30 @@ fn load_and_attach(pin_dir: &Path, cgroup: &Path) -> Result<Vec<ProgramProbe>, E
         .collect();
     probes.push(probe!(&mut ebpf, SockOps, SOCK_OPS_PROGRAM, &cgroup));
     probes.push(probe!(&mut ebpf, CgroupSockopt, SOCKOPT_PROGRAM, &cgroup));
+    probes.push(probe!(
+        &mut ebpf,
+        SkLookup,
+        inbound::PROGRAM,
+        attach = |prog: &mut SkLookup| -> Result<&'static str, String> {
+            let netns = scratch_netns().map_err(|e| format!("making a scratch netns: {e}"))?;
+            prog.attach(&netns)
+                .map(|_| "bpf_link to a network namespace")
+                .map_err(|e| e.to_string())
+        }
+    ));
     // Dropping `ebpf` detaches and unloads everything.
     Ok(probes)
+}
+
+/// A new, empty network namespace, alive as long as the returned handle: made on a thread
+/// of its own, so none of the agent's threads changes namespace.
+fn scratch_netns() -> io::Result<File> {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        File::open("/proc/thread-self/ns/net")
+    })
+    .join()
+    .map_err(|_| io::Error::other("the scratch netns thread panicked"))?
 }
 
 /// Verifier logs are long: keep the syscall's complaint and the log line that names the
