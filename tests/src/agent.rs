@@ -177,6 +177,15 @@ impl AgentConfig {
             .context("the node's redirect mode is auto; set one with AgentConfig::mode")
     }
 
+    /// Whether the workload named `name` has an IPv6 address in this config (the agent
+    /// writes IPv6 rules only for such pods).
+    pub fn has_ipv6(&self, name: &str) -> bool {
+        self.workloads
+            .iter()
+            .filter(|w| w.name == name)
+            .any(|w| w.ips.iter().any(|ip| ip.contains(':')))
+    }
+
     /// Where this node's pins live: `<bpffsRoot>/<node>`.
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs_root

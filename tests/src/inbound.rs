@@ -54,12 +54,13 @@ pub fn expect_delivery_routing(pod: &Pod) -> Result<()> {
     Ok(())
 }
 
-/// Where the agent pins pod `pod`'s `sk_lookup` link: `<bpffsRoot>/<node>/inbound/<ns>.<name>`
-/// (test workloads live in namespace `default`).
+/// Where the agent pins pod `pod`'s `sk_lookup` link: `<bpffsRoot>/<node>/inbound/<ns>_<name>`
+/// (bpffs refuses dots in names; test workloads live in namespace `default` and their names
+/// hold none of the characters the agent escapes).
 pub fn pin_path(cfg: &AgentConfig, pod: &Pod) -> PathBuf {
     cfg.pin_dir()
         .join("inbound")
-        .join(format!("default.{}", pod.name()))
+        .join(format!("default_{}", pod.name()))
 }
 
 /// `/debug/ebpf`'s `inbound` entry for `pod` (`"pod": "default/<name>"`), if any.

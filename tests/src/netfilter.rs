@@ -120,7 +120,8 @@ pub fn expect_rules(node: &Node, cfg: &AgentConfig) -> Result<()> {
         let mode = cfg.mode_of(pod.name())?;
         let want = mode.map_or_else(Vec::new, Mode::expected_rules);
         let got = ours(&pod)?;
-        let want_inbound = mode.map_or_else(Vec::new, expected_inbound);
+        let ipv6 = cfg.has_ipv6(pod.name());
+        let want_inbound = mode.map_or_else(Vec::new, |m| expected_inbound(m, ipv6));
         let got_inbound = inbound_rules(&pod)?;
         ensure!(
             got == want && got_inbound == want_inbound,
@@ -139,8 +140,8 @@ pub const INBOUND_PORT: u16 = 15006;
 pub const DELIVERY_MARK: u32 = 0x111;
 
 /// What [`inbound_rules`] must report in a pod that `mode` steers (nothing for eBPF, whose
-/// inbound steering is a program).
-pub fn expected_inbound(mode: Mode) -> Vec<String> {
+/// inbound steering is a program); `ipv6`: the pod has an IPv6 address.
+pub fn expected_inbound(mode: Mode, ipv6: bool) -> Vec<String> {
     let pieces = [
         "PREROUTING jump",
         "SLUICE_INBOUND redirect",
@@ -152,7 +153,7 @@ pub fn expected_inbound(mode: Mode) -> Vec<String> {
             "nft prerouting redirect".into(),
             "nft delivery mark returns".into(),
         ],
-        Mode::Iptables => ["iptables-nft", "ip6tables-nft"]
+        Mode::Iptables => ["iptables-nft", "ip6tables-nft"][..if ipv6 { 2 } else { 1 }]
             .iter()
             .flat_map(|tool| pieces.iter().map(move |p| format!("{tool} {p}")))
             .collect(),

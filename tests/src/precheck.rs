@@ -33,10 +33,14 @@ pub const EBPF_NEEDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("cgroup_sockopt", &["bpf_map_lookup_elem"]),
+    (
+        "sk_lookup",
+        &["bpf_map_lookup_elem", "bpf_sk_assign", "bpf_sk_release"],
+    ),
 ];
 
 /// Map types the eBPF mode creates.
-pub const EBPF_MAPS: &[&str] = &["hash", "percpu_array"];
+pub const EBPF_MAPS: &[&str] = &["hash", "percpu_array", "sockhash"];
 
 /// The oldest kernel the eBPF mode claims (connect4 to getsockopt, all helpers above).
 pub const EBPF_FLOOR: (u32, u32) = (5, 10);

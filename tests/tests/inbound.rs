@@ -312,12 +312,15 @@ fn excluded_inbound_ports_reach_the_app_directly(mode: Mode) {
         "no inbound listener on :15006 in {pod}"
     );
 
-    for port in [9090, TUNNEL_PORT] {
+    for (port, skip) in [
+        (9090, "inbound_skip_excluded_port"),
+        (TUNNEL_PORT, "inbound_skip_proxy_port"),
+    ] {
         let before = snapshot(&agent);
         let r = a.dial_one(addr(b.ip(), port), 4096).unwrap();
         assert_direct(&r, a.ip().into());
         before
-            .expect_not_captured(&agent, "inbound_skip_excluded_port")
+            .expect_not_captured(&agent, skip)
             .unwrap_or_else(|e| panic!("port {port}: {e:#}"));
     }
     // The rest of the pod's ports are still captured.

@@ -309,6 +309,10 @@ fn others_rules_are_untouched(backend: Backend) {
                     "-t", "nat", "-A", "OTHER", "-p", "tcp", "--dport", "5555", "-j", "RETURN",
                 ],
                 &["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "OTHER"],
+                // Ours jumps from PREROUTING too (inbound): someone else's rule there
+                // must survive. (With none, iptables-nft would leave the empty built-in
+                // chain it creates for our jump: no rule, but a different nft listing.)
+                &["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", "OTHER"],
             ] {
                 tool.edit(&bed.a, ipv6, args).unwrap();
             }
