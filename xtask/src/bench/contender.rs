@@ -313,6 +313,16 @@ impl<'t> Running<'t> {
                 ],
             )
             .context("mesh-agent cleanup")?;
+            // The agent leaves its netfilter rules in the pod when it stops, so that a
+            // restarted agent takes over without a gap; here they would send the next
+            // contender's connections to a listener that is gone.
+            let netns = self.topo.netns_path("client").display().to_string();
+            topo::output(
+                &self.topo.plain("node"),
+                &self.bins.agent,
+                &["iptables".into(), "cleanup".into(), "--netns".into(), netns],
+            )
+            .context("removing the agent's rules from the client pod")?;
         }
         if std::mem::take(&mut self.iptables) {
             for args in [["-t", "nat", "-F"], ["-t", "nat", "-X"]] {
