@@ -85,7 +85,16 @@ pub fn families(listeners: &[SocketAddr]) -> Vec<Family> {
 struct PodRecord {
     backend: Backend,
     netns: std::path::PathBuf,
+    /// Where inbound connections are steered from, for `/debug/redirect`.
+    inbound_chain: &'static str,
     last_apply: Outcome,
+}
+
+fn inbound_chain(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Nft => "inet sluice prerouting",
+        _ => "nat PREROUTING -> SLUICE_INBOUND",
+    }
 }
 
 pub struct NetfilterRedirect {
@@ -177,6 +186,7 @@ impl Redirect for NetfilterRedirect {
             PodRecord {
                 backend,
                 netns: spec.netns.clone(),
+                inbound_chain: inbound_chain(backend),
                 last_apply: outcome,
             },
         );
