@@ -1,19 +1,25 @@
 //! The contenders: no mesh, Sluice's node agent in each of its redirect modes (eBPF,
 //! nftables, iptables), and Envoy set up as Istio's sidecar would be for the same path
-//! (istio-iptables REDIRECT rules in the client pod, a `virtualOutbound` listener on 15001,
-//! `tcp_proxy` to an ORIGINAL_DST cluster).
+//! (istio-iptables REDIRECT rules in each pod on the path, a `virtualOutbound` listener on
+//! 15001 and a `virtualInbound` one on 15006, `tcp_proxy` to ORIGINAL_DST clusters).
 //!
-//! Both proxies get one CPU (`taskset`, the same one) and so one worker: Envoy by
+//! A scenario's [`Path`] says which pods are in the mesh: one agent serves them all, where
+//! Istio puts one Envoy in each.
+//!
+//! Every proxy gets the same one CPU (`taskset`) and so one worker: Envoy by
 //! `--concurrency 1`, the agent because tokio sizes its multi-thread runtime from the CPUs
-//! it may run on.
+//! it may run on. On the mesh path both sidecars share that CPU too: the mesh gets one CPU
+//! for proxying whichever proxy does it, and with two CPUs the other one is the server's.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
+use super::scenario::Path;
 use super::topo::{self, CLIENT_IP, Place, Proc, SERVER_IP, Topology};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,37 +97,83 @@ impl Bins {
 /// Istio's proxy uid: its iptables rules exempt the proxy's own traffic by this owner.
 const ENVOY_UID: u32 = 1337;
 
-/// A contender set up for one scenario run; dropping it tears it down.
+/// The proxy a captured pod puts on the path, and how each contender counts what it carried.
+struct Hop {
+    /// Topology role of the pod.
+    pod: &'static str,
+    /// For errors: which way the connections pass this proxy.
+    what: &'static str,
+    /// Sluice's `reporter` label on its connection counters for this side.
+    reporter: &'static str,
+    /// Envoy's counter of connections accepted by this side's listener.
+    envoy_stat: &'static str,
+}
+
+const HOPS: [Hop; 2] = [
+    Hop {
+        pod: "client",
+        what: "out of the client pod",
+        reporter: "source",
+        envoy_stat: "tcp.PassthroughCluster.downstream_cx_total",
+    },
+    Hop {
+        pod: "server",
+        what: "into the server pod",
+        reporter: "destination",
+        envoy_stat: "tcp.InboundPassthroughClusterIpv4.downstream_cx_total",
+    },
+];
+
+fn hop(pod: &str) -> &'static Hop {
+    HOPS.iter()
+        .find(|h| h.pod == pod)
+        .expect("every captured pod is a client or a server")
+}
+
+/// A contender set up on one path for one scenario run; dropping it tears it down.
 pub struct Running<'t> {
     pub contender: Contender,
+    path: Path,
     topo: &'t Topology,
     bins: &'t Bins,
-    proxy: Option<Proc>,
+    /// The agent, or one Envoy per captured pod.
+    proxies: Vec<Proc>,
     agent_config: Option<PathBuf>,
-    iptables: bool,
+    /// Pods where the bench applied istio-iptables rules itself.
+    iptables: Vec<&'static str>,
 }
 
 impl<'t> Running<'t> {
-    pub fn start(contender: Contender, topo: &'t Topology, bins: &'t Bins) -> Result<Self> {
+    pub fn start(
+        contender: Contender,
+        path: Path,
+        topo: &'t Topology,
+        bins: &'t Bins,
+    ) -> Result<Self> {
         let mut running = Running {
             contender,
+            path,
             topo,
             bins,
-            proxy: None,
+            proxies: Vec::new(),
             agent_config: None,
-            iptables: false,
+            iptables: Vec::new(),
         };
         match (contender, contender.redirect_mode()) {
             (_, Some(mode)) => running.start_sluice(mode)?,
-            (Contender::Envoy, None) => running.start_envoy()?,
+            (Contender::Envoy, None) => {
+                for &pod in path.captured() {
+                    running.start_sidecar(pod)?;
+                }
+            }
             _ => {}
         }
         Ok(running)
     }
 
-    /// The proxy's pid (its CPU time and RSS are the proxy's cost); `None` for `direct`.
-    pub fn proxy_pid(&self) -> Option<u32> {
-        self.proxy.as_ref().map(Proc::pid)
+    /// The proxies' pids (their CPU time and RSS are the proxies' cost); none for `direct`.
+    pub fn proxy_pids(&self) -> Vec<u32> {
+        self.proxies.iter().map(Proc::pid).collect()
     }
 
     fn proxy_place(&self, netns: &str, cgroup: PathBuf) -> Place {
@@ -135,21 +187,42 @@ impl<'t> Running<'t> {
         }
     }
 
+    /// The agent's configuration: both pods are known workloads (they name each other in
+    /// metrics), and those on the path are enrolled, which captures their outbound and
+    /// their inbound connections alike.
+    fn agent_yaml(&self, mode: &str) -> String {
+        let t = self.topo;
+        let mut yaml = format!(
+            "node: {node}\ncgroupRoot: {root}\nredirect:\n  mode: {mode}\n\
+             adminAddress: 127.0.0.1:15000\nmetricsAddress: 127.0.0.1:15020\n\
+             readinessAddress: 127.0.0.1:15021\nworkloads:\n",
+            node = t.node_name(),
+            root = t.cgroup_root().display(),
+        );
+        for (pod, ip) in [("client", CLIENT_IP), ("server", SERVER_IP)] {
+            let _ = write!(
+                yaml,
+                "  - name: {pod}\n    namespace: bench\n    ips: [\"{ip}\"]\n"
+            );
+            if self.path.captured().contains(&pod) {
+                let _ = write!(
+                    yaml,
+                    "    netns: {}\n    cgroup: {}\n",
+                    t.netns_path(pod).display(),
+                    t.pod_cgroup(pod).display()
+                );
+            } else {
+                yaml.push_str("    enrolled: false\n");
+            }
+        }
+        yaml
+    }
+
     fn start_sluice(&mut self, mode: &str) -> Result<()> {
         let t = self.topo;
         let config = t.workdir().join("agent.yaml");
-        let yaml = format!(
-            "node: {node}\ncgroupRoot: {root}\nredirect:\n  mode: {mode}\nadminAddress: 127.0.0.1:15000\n\
-             metricsAddress: 127.0.0.1:15020\nreadinessAddress: 127.0.0.1:15021\n\
-             workloads:\n  - name: client\n    namespace: bench\n    ips: [\"{CLIENT_IP}\"]\n\
-             \x20   netns: {netns}\n    cgroup: {cgroup}\n  - name: server\n    namespace: bench\n\
-             \x20   ips: [\"{SERVER_IP}\"]\n    enrolled: false\n",
-            node = t.node_name(),
-            root = t.cgroup_root().display(),
-            netns = t.netns_path("client").display(),
-            cgroup = t.pod_cgroup("client").display(),
-        );
-        std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, self.agent_yaml(mode))
+            .with_context(|| format!("writing {}", config.display()))?;
         self.agent_config = Some(config.clone());
         let place = self.proxy_place("node", t.agent_cgroup());
         let args = [
@@ -159,7 +232,7 @@ impl<'t> Running<'t> {
             "--log-level".into(),
             "warn".into(),
         ];
-        self.proxy = Some(Proc::spawn(
+        self.proxies.push(Proc::spawn(
             t,
             "mesh-agent",
             &place,
@@ -171,31 +244,39 @@ impl<'t> Running<'t> {
         Ok(())
     }
 
-    fn start_envoy(&mut self) -> Result<()> {
+    /// Envoy as Istio injects it into `pod`: istio-iptables capturing the pod's outbound
+    /// and inbound TCP, and Envoy beside the app as uid 1337 with one worker.
+    fn start_sidecar(&mut self, pod: &'static str) -> Result<()> {
         let t = self.topo;
         let rules = topo::output(
-            &t.plain("client"),
+            &t.plain(pod),
             &self.bins.agent,
             &[
                 "iptables".into(),
                 "render".into(),
                 "--profile".into(),
                 "istio-sidecar".into(),
+                "-p".into(),
+                "15001".into(),
+                "-z".into(),
+                "15006".into(),
                 "-i".into(),
+                "*".into(),
+                "-b".into(),
                 "*".into(),
                 "-u".into(),
                 ENVOY_UID.to_string(),
             ],
         )
         .context("rendering istio-iptables rules with mesh-agent")?;
-        self.iptables = true;
-        let mut restore = topo::command(&t.plain("client"), "iptables-restore", &[]);
+        self.iptables.push(pod);
+        let mut restore = topo::command(&t.plain(pod), "iptables-restore", &[]);
         let mut child = restore
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting iptables-restore in the client pod")?;
+            .with_context(|| format!("starting iptables-restore in the {pod} pod"))?;
         child
             .stdin
             .take()
@@ -204,13 +285,13 @@ impl<'t> Running<'t> {
         let out = child.wait_with_output()?;
         ensure!(
             out.status.success(),
-            "iptables-restore in the client pod failed: {}\nrules:\n{rules}",
+            "iptables-restore in the {pod} pod failed: {}\nrules:\n{rules}",
             String::from_utf8_lossy(&out.stderr)
         );
         let config = t.workdir().join("envoy.yaml");
         std::fs::write(&config, ENVOY_CONFIG)
             .with_context(|| format!("writing {}", config.display()))?;
-        let mut place = self.proxy_place("client", t.pod_cgroup("client"));
+        let mut place = self.proxy_place(pod, t.pod_cgroup(pod));
         place.uid = Some(ENVOY_UID);
         let args = [
             "-c".to_string(),
@@ -221,9 +302,11 @@ impl<'t> Running<'t> {
             "warn".into(),
             "--disable-hot-restart".into(),
         ];
-        self.proxy = Some(Proc::spawn(t, "envoy", &place, &self.bins.envoy, &args)?);
-        self.wait_http("client", "127.0.0.1:15000", "/ready")
-            .context("envoy did not become ready")?;
+        let name = format!("envoy-{pod}");
+        self.proxies
+            .push(Proc::spawn(t, &name, &place, &self.bins.envoy, &args)?);
+        self.wait_http(pod, "127.0.0.1:15000", "/ready")
+            .with_context(|| format!("{name} did not become ready"))?;
         Ok(())
     }
 
@@ -238,16 +321,17 @@ impl<'t> Running<'t> {
                 "30".into(),
             ],
         );
-        if let Some(proxy) = self.proxy.as_mut() {
+        for proxy in &mut self.proxies {
             proxy.check_alive()?;
         }
         probe.map(drop)
     }
 
-    /// The end of the proxy's log, for errors.
+    /// The end of each proxy's log, for errors.
     pub fn log_tail(&self) -> String {
-        self.proxy
-            .as_ref()
+        let tails: Vec<String> = self
+            .proxies
+            .iter()
             .map(|p| {
                 // Envoy's crash dumps end in dozens of bare frame addresses; keep the message.
                 let tail = p.log_tail(80);
@@ -258,48 +342,67 @@ impl<'t> Running<'t> {
                     lines[lines.len().saturating_sub(20)..].join("\n")
                 )
             })
-            .unwrap_or_default()
+            .collect();
+        tails.join("\n")
     }
 
-    /// Connections the proxy has accepted so far: a run whose proxy carried nothing measured
-    /// the direct path, and must fail rather than be reported.
-    pub fn connections_carried(&self) -> Result<u64> {
-        let (netns, addr, path, metric) = match self.contender {
-            Contender::Direct => return Ok(0),
-            Contender::SluiceEbpf | Contender::SluiceNftables | Contender::SluiceIptables => (
+    /// Fails unless every proxy on the path accepted connections: a run where one of them
+    /// carried nothing measured a shorter path than its name says, and must fail rather
+    /// than be reported.
+    pub fn check_carried(&self) -> Result<()> {
+        if self.contender == Contender::Direct {
+            return Ok(());
+        }
+        for &pod in self.path.captured() {
+            let hop = hop(pod);
+            let n = self.carried(hop)?;
+            ensure!(
+                n > 0,
+                "{} carried no connection {}: capture is not working",
+                self.contender.name(),
+                hop.what
+            );
+        }
+        Ok(())
+    }
+
+    /// Connections accepted so far by the proxy of `hop`.
+    fn carried(&self, hop: &Hop) -> Result<u64> {
+        let sluice_label = format!("reporter=\"{}\"", hop.reporter);
+        let (netns, addr, path, metric, label) = if self.contender == Contender::Envoy {
+            (
+                hop.pod,
+                "127.0.0.1:15000",
+                "/stats?filter=downstream_cx_total",
+                hop.envoy_stat,
+                None,
+            )
+        } else {
+            (
                 "node",
                 "127.0.0.1:15020",
                 "/metrics",
                 "istio_tcp_connections_opened_total",
-            ),
-            Contender::Envoy => (
-                "client",
-                "127.0.0.1:15000",
-                "/stats?filter=downstream_cx_total",
-                "tcp.PassthroughCluster.downstream_cx_total",
-            ),
+                Some(sluice_label.as_str()),
+            )
         };
         let text = self.bins.tool_output(
             &self.topo.plain(netns),
             &["http-get".into(), addr.into(), path.into()],
         )?;
-        Ok(sum_metric(&text, metric))
+        Ok(sum_metric(&text, metric, label))
     }
 
-    /// Stops the proxy and removes what it installed; errors are returned, not printed.
+    /// Stops the proxies and removes what they installed; errors are returned, not printed.
     pub fn stop(mut self) -> Result<()> {
         self.teardown()
     }
 
     fn teardown(&mut self) -> Result<()> {
-        if let Some(mut proxy) = self.proxy.take() {
-            let exited = proxy.wait_timeout(Duration::ZERO)?;
-            drop(proxy);
-            if let Some(status) = exited {
-                bail!(
-                    "{} had exited ({status}) before the end of its run",
-                    self.contender.name()
-                );
+        let mut exited = Vec::new();
+        for mut proxy in std::mem::take(&mut self.proxies) {
+            if let Some(status) = proxy.wait_timeout(Duration::ZERO)? {
+                exited.push(format!("{} ({status})", proxy.name));
             }
         }
         if let Some(config) = self.agent_config.take() {
@@ -313,29 +416,41 @@ impl<'t> Running<'t> {
                 ],
             )
             .context("mesh-agent cleanup")?;
-            // The agent leaves its netfilter rules in the pod when it stops, so that a
+            // The agent leaves its netfilter rules in the pods when it stops, so that a
             // restarted agent takes over without a gap; here they would send the next
             // contender's connections to a listener that is gone.
-            let netns = self.topo.netns_path("client").display().to_string();
-            topo::output(
-                &self.topo.plain("node"),
-                &self.bins.agent,
-                &["iptables".into(), "cleanup".into(), "--netns".into(), netns],
-            )
-            .context("removing the agent's rules from the client pod")?;
+            for &pod in self.path.captured() {
+                let netns = self.topo.netns_path(pod).display().to_string();
+                topo::output(
+                    &self.topo.plain("node"),
+                    &self.bins.agent,
+                    &["iptables".into(), "cleanup".into(), "--netns".into(), netns],
+                )
+                .with_context(|| format!("removing the agent's rules from the {pod} pod"))?;
+            }
         }
-        if std::mem::take(&mut self.iptables) {
+        for pod in std::mem::take(&mut self.iptables) {
             for args in [["-t", "nat", "-F"], ["-t", "nat", "-X"]] {
                 let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-                topo::output(&self.topo.plain("client"), "iptables", &args)
-                    .context("removing the client pod's iptables rules")?;
+                topo::output(&self.topo.plain(pod), "iptables", &args)
+                    .with_context(|| format!("removing the {pod} pod's iptables rules"))?;
             }
-            // REDIRECT leaves NAT entries in conntrack (TIME_WAIT lasts two minutes): a later
-            // contender's connection reusing such a 4-tuple would still be redirected to
-            // 15001, where nothing listens any more, and be reset.
-            topo::output(&self.topo.plain("client"), "conntrack", &["-F".to_string()])
-                .context("flushing the client pod's conntrack table")?;
         }
+        if self.contender != Contender::Direct {
+            for &pod in self.path.captured() {
+                // REDIRECT leaves NAT entries in conntrack (TIME_WAIT lasts two minutes): a
+                // later contender's connection reusing such a 4-tuple would still be
+                // redirected to 15001 or 15006, where nothing listens any more, and be reset.
+                topo::output(&self.topo.plain(pod), "conntrack", &["-F".to_string()])
+                    .with_context(|| format!("flushing the {pod} pod's conntrack table"))?;
+            }
+        }
+        ensure!(
+            exited.is_empty(),
+            "{} had exited before the end of its run: {}",
+            self.contender.name(),
+            exited.join(", ")
+        );
         Ok(())
     }
 }
@@ -349,21 +464,31 @@ impl Drop for Running<'_> {
 }
 
 /// Sums every sample of `name` in Prometheus text (`name{...} 3`) or Envoy stats
-/// (`name: 3`).
-fn sum_metric(text: &str, name: &str) -> u64 {
+/// (`name: 3`); with `label` (`key="value"`), only the samples that carry it.
+fn sum_metric(text: &str, name: &str, label: Option<&str>) -> u64 {
     text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{', ':']))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            rest.starts_with([' ', '{', ':']).then_some(rest)
+        })
+        .filter(|rest| {
+            label.is_none_or(|label| {
+                rest.strip_prefix('{')
+                    .and_then(|r| r.split_once('}'))
+                    .is_some_and(|(labels, _)| labels.split(',').any(|l| l == label))
+            })
         })
         .filter_map(|l| l.rsplit([' ', ':']).next()?.trim().parse::<f64>().ok())
         .sum::<f64>() as u64
 }
 
-/// Istio's outbound path reduced to L4: `virtualOutbound` on 15001 restores the original
-/// destination and `tcp_proxy` sends it to `PassthroughCluster` (ORIGINAL_DST), with the
-/// circuit breakers Istio sets there (Envoy's default of 1024 connections would refuse the
-/// idle-connection test).
+/// An Istio sidecar reduced to L4. Outbound: `virtualOutbound` on 15001 restores the
+/// original destination and `tcp_proxy` sends it to `PassthroughCluster` (ORIGINAL_DST).
+/// Inbound: `virtualInbound` on 15006 the same to `InboundPassthroughClusterIpv4`, which
+/// dials the app from 127.0.0.6 (Istio's `upstream_bind_config`: the istio-iptables rules
+/// let that source through, so the connection to the app is not captured again; the app
+/// sees 127.0.0.6, not the caller). Both clusters get the circuit breakers Istio sets there
+/// (Envoy's default of 1024 connections would refuse the idle-connection test).
 const ENVOY_CONFIG: &str = r#"admin:
   address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
 static_resources:
@@ -381,17 +506,37 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: PassthroughCluster
           cluster: PassthroughCluster
+  - name: virtualInbound
+    address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: InboundPassthroughClusterIpv4
+          cluster: InboundPassthroughClusterIpv4
   clusters:
   - name: PassthroughCluster
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 5s
-    circuit_breakers:
+    circuit_breakers: &unlimited
       thresholds:
       - max_connections: 4294967295
         max_pending_requests: 4294967295
         max_requests: 4294967295
         max_retries: 4294967295
+  - name: InboundPassthroughClusterIpv4
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 5s
+    upstream_bind_config:
+      source_address: {address: 127.0.0.6, port_value: 0}
+    circuit_breakers: *unlimited
 "#;
 
 #[cfg(test)]
@@ -402,11 +547,22 @@ mod tests {
     fn sums_prometheus_and_envoy_counters() {
         let prom = "# HELP x\nistio_tcp_connections_opened_total{a=\"1\"} 3\n\
                     istio_tcp_connections_opened_total{a=\"2\"} 4\nistio_tcp_connections_opened_totalx 9\n";
-        assert_eq!(sum_metric(prom, "istio_tcp_connections_opened_total"), 7);
+        assert_eq!(
+            sum_metric(prom, "istio_tcp_connections_opened_total", None),
+            7
+        );
         let envoy = "tcp.PassthroughCluster.downstream_cx_total: 12\n";
         assert_eq!(
-            sum_metric(envoy, "tcp.PassthroughCluster.downstream_cx_total"),
+            sum_metric(envoy, "tcp.PassthroughCluster.downstream_cx_total", None),
             12
         );
+    }
+
+    #[test]
+    fn sums_only_the_samples_with_the_label() {
+        let prom = "x{reporter=\"source\",a=\"1\"} 3\nx{a=\"2\",reporter=\"destination\"} 4\n\
+                    x{reporter=\"destination\"} 5\nx 6\n";
+        assert_eq!(sum_metric(prom, "x", Some("reporter=\"destination\"")), 9);
+        assert_eq!(sum_metric(prom, "x", Some("reporter=\"source\"")), 3);
     }
 }

@@ -35,8 +35,10 @@ pub struct Bench {
     #[arg(long)]
     quick: bool,
     /// Run only this scenario (repeatable): l4-throughput-1, l4-throughput-8, l4-rr-latency,
-    /// l4-connect-rate, http1-fixed-rate, http1-max-rps, http2-max-rps, mtls-handshakes,
-    /// memory.
+    /// l4-connect-rate (client pod in the mesh: its outbound proxy), inbound-throughput-1,
+    /// inbound-rr-latency, inbound-connect-rate (server pod only: its inbound proxy),
+    /// mesh-throughput-1, mesh-rr-latency, mesh-connect-rate (both pods: both proxies),
+    /// http1-fixed-rate, http1-max-rps, http2-max-rps, mtls-handshakes, memory.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// Run only this contender (repeatable): direct, sluice-ebpf, sluice-nftables,
@@ -228,7 +230,7 @@ fn measure(plan: &Plan, bins: &Bins) -> Result<Measured> {
     let mut threads = serde_json::Map::new();
     let mut failures = Vec::new();
     for round in 0..rounds {
-        for s in plan.scenarios.iter().filter(|s| s.skip.is_none()) {
+        for s in plan.scenarios.iter().filter(|s| s.skip().is_none()) {
             // Rotate the order each round so no contender always runs first or last.
             let mut order = plan.contenders.to_vec();
             let n = order.len();
@@ -272,26 +274,30 @@ fn measure(plan: &Plan, bins: &Bins) -> Result<Measured> {
     })
 }
 
-/// Starts contender `c`, runs scenario `s` once, checks the proxy carried the traffic, and
-/// stops it again.
+/// Starts contender `c` on the scenario's path, runs scenario `s` once, checks every proxy
+/// on the path carried the traffic, and stops it again.
 fn run_once(
     ctx: &Ctx,
     s: &Scenario,
     c: Contender,
     threads: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<Vec<f64>> {
-    let running =
-        Running::start(c, ctx.topo, ctx.bins).with_context(|| format!("starting {}", c.name()))?;
-    if let Some(n) = running.proxy_pid().and_then(procstat::threads) {
+    let running = Running::start(c, s.path, ctx.topo, ctx.bins)
+        .with_context(|| format!("starting {}", c.name()))?;
+    // Sidecars are set up alike, so the first proxy's threads stand for each of them.
+    if let Some(n) = running
+        .proxy_pids()
+        .first()
+        .copied()
+        .and_then(procstat::threads)
+    {
         threads.insert(c.name().into(), json!(n));
     }
     let values = scenario::run(ctx, s, &running).map_err(|e| {
         let tail = running.log_tail();
         if tail.is_empty() { e } else { e.context(tail) }
     })?;
-    if c != Contender::Direct && running.connections_carried()? == 0 {
-        bail!("{} carried no connection: capture is not working", c.name());
-    }
+    running.check_carried()?;
     running.stop()?;
     Ok(values)
 }

@@ -76,7 +76,7 @@ pub fn summarize(samples: &Samples) -> Report {
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
     for s in SCENARIOS {
-        if let Some(reason) = s.skip {
+        if let Some(reason) = s.skip() {
             skipped.push((s.name, reason));
         }
         for metric in s.metrics {

@@ -31,98 +31,196 @@ const fn m(name: &'static str, unit: &'static str, higher_is_better: bool) -> Me
     }
 }
 
+/// Which pods are in the mesh, and so which proxies a connection from the client pod to
+/// the server pod passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Only the client pod: its outbound proxy.
+    Outbound,
+    /// Only the server pod: its inbound proxy, for a caller outside the mesh.
+    Inbound,
+    /// Both pods: the client's outbound proxy, then the server's inbound proxy.
+    Mesh,
+}
+
+impl Path {
+    /// The pods whose traffic is captured (topology roles), client first.
+    pub fn captured(self) -> &'static [&'static str] {
+        match self {
+            Path::Outbound => &["client"],
+            Path::Inbound => &["server"],
+            Path::Mesh => &["client", "server"],
+        }
+    }
+}
+
+/// What a scenario does to the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// iperf3 with this many streams: Gbit/s.
+    Throughput(u32),
+    /// Ping-pong on one connection: round-trip percentiles.
+    RoundTrips,
+    /// One exchange per new connection: connections per second.
+    Connects,
+    /// The proxy's memory, idle, with idle connections, through a burst.
+    Memory,
+    /// Cannot run yet, for this reason; listed in the report with it.
+    NotYet(&'static str),
+}
+
 pub struct Scenario {
     pub name: &'static str,
     pub what: &'static str,
-    /// Why this scenario cannot run yet; it is listed in the report with this reason.
-    pub skip: Option<&'static str>,
+    pub path: Path,
+    pub load: Load,
     /// Measures the proxy itself (not run for `direct`).
     pub proxy_only: bool,
     pub metrics: &'static [Metric],
 }
 
+impl Scenario {
+    /// Why this scenario cannot run yet.
+    pub fn skip(&self) -> Option<&'static str> {
+        match self.load {
+            Load::NotYet(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
 const NO_L7: &str = "Sluice has no L7/mTLS yet";
 
+/// One L4 scenario per load and path, the metric names made from the scenario's: the same
+/// loads run on the outbound, inbound and mesh paths, and their metrics line up by suffix.
+macro_rules! throughput {
+    ($prefix:literal, $streams:literal, $path:expr, $what:literal) => {
+        Scenario {
+            name: concat!($prefix, "-throughput-", $streams),
+            what: $what,
+            path: $path,
+            load: Load::Throughput($streams),
+            proxy_only: false,
+            metrics: &[
+                m(concat!($prefix, "-throughput-", $streams), "Gbit/s", true),
+                m(
+                    concat!($prefix, "-throughput-", $streams, "-proxy-cpu"),
+                    "proxy CPU s/GB",
+                    false,
+                ),
+            ],
+        }
+    };
+}
+
+macro_rules! rr_latency {
+    ($prefix:literal, $path:expr, $what:literal) => {
+        Scenario {
+            name: concat!($prefix, "-rr-latency"),
+            what: $what,
+            path: $path,
+            load: Load::RoundTrips,
+            proxy_only: false,
+            metrics: &[
+                m(concat!($prefix, "-rr-latency-p50"), "µs", false),
+                m(concat!($prefix, "-rr-latency-p99"), "µs", false),
+                m(concat!($prefix, "-rr-latency-p99.9"), "µs", false),
+                m(
+                    concat!($prefix, "-rr-latency-proxy-cpu"),
+                    "proxy CPU ms/1000 RT",
+                    false,
+                ),
+            ],
+        }
+    };
+}
+
+macro_rules! connect_rate {
+    ($prefix:literal, $path:expr, $what:literal) => {
+        Scenario {
+            name: concat!($prefix, "-connect-rate"),
+            what: $what,
+            path: $path,
+            load: Load::Connects,
+            proxy_only: false,
+            metrics: &[
+                m(concat!($prefix, "-connect-rate"), "conn/s", true),
+                m(
+                    concat!($prefix, "-connect-rate-proxy-cpu"),
+                    "proxy CPU ms/1000 conns",
+                    false,
+                ),
+            ],
+        }
+    };
+}
+
+const fn not_yet(name: &'static str, what: &'static str) -> Scenario {
+    Scenario {
+        name,
+        what,
+        path: Path::Outbound,
+        load: Load::NotYet(NO_L7),
+        proxy_only: false,
+        metrics: &[],
+    }
+}
+
 pub const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "l4-throughput-1",
-        what: "iperf3, one TCP stream",
-        skip: None,
-        proxy_only: false,
-        metrics: &[
-            m("l4-throughput-1", "Gbit/s", true),
-            m("l4-throughput-1-proxy-cpu", "proxy CPU s/GB", false),
-        ],
-    },
-    Scenario {
-        name: "l4-throughput-8",
-        what: "iperf3, eight TCP streams",
-        skip: None,
-        proxy_only: false,
-        metrics: &[
-            m("l4-throughput-8", "Gbit/s", true),
-            m("l4-throughput-8-proxy-cpu", "proxy CPU s/GB", false),
-        ],
-    },
-    Scenario {
-        name: "l4-rr-latency",
-        what: "64-byte request/response ping-pong on one connection; round-trip time",
-        skip: None,
-        proxy_only: false,
-        metrics: &[
-            m("l4-rr-latency-p50", "µs", false),
-            m("l4-rr-latency-p99", "µs", false),
-            m("l4-rr-latency-p99.9", "µs", false),
-            m("l4-rr-latency-proxy-cpu", "proxy CPU ms/1000 RT", false),
-        ],
-    },
-    Scenario {
-        name: "l4-connect-rate",
-        what: "new connections, each one 64-byte exchange, 16 client threads",
-        skip: None,
-        proxy_only: false,
-        metrics: &[
-            m("l4-connect-rate", "conn/s", true),
-            m(
-                "l4-connect-rate-proxy-cpu",
-                "proxy CPU ms/1000 conns",
-                false,
-            ),
-        ],
-    },
-    Scenario {
-        name: "http1-fixed-rate",
-        what: "HTTP/1.1 at a fixed rate, latency",
-        skip: Some(NO_L7),
-        proxy_only: false,
-        metrics: &[],
-    },
-    Scenario {
-        name: "http1-max-rps",
-        what: "HTTP/1.1 requests per second",
-        skip: Some(NO_L7),
-        proxy_only: false,
-        metrics: &[],
-    },
-    Scenario {
-        name: "http2-max-rps",
-        what: "HTTP/2 requests per second",
-        skip: Some(NO_L7),
-        proxy_only: false,
-        metrics: &[],
-    },
-    Scenario {
-        name: "mtls-handshakes",
-        what: "mTLS handshakes per second",
-        skip: Some(NO_L7),
-        proxy_only: false,
-        metrics: &[],
-    },
+    throughput!("l4", 1, Path::Outbound, "iperf3, one TCP stream"),
+    throughput!("l4", 8, Path::Outbound, "iperf3, eight TCP streams"),
+    rr_latency!(
+        "l4",
+        Path::Outbound,
+        "64-byte request/response ping-pong on one connection; round-trip time"
+    ),
+    connect_rate!(
+        "l4",
+        Path::Outbound,
+        "new connections, each one 64-byte exchange, 16 client threads"
+    ),
+    throughput!(
+        "inbound",
+        1,
+        Path::Inbound,
+        "as l4-throughput-1, from a client outside the mesh through the server's inbound proxy"
+    ),
+    rr_latency!(
+        "inbound",
+        Path::Inbound,
+        "as l4-rr-latency, from a client outside the mesh through the server's inbound proxy"
+    ),
+    connect_rate!(
+        "inbound",
+        Path::Inbound,
+        "as l4-connect-rate, from a client outside the mesh through the server's inbound proxy"
+    ),
+    throughput!(
+        "mesh",
+        1,
+        Path::Mesh,
+        "as l4-throughput-1, both pods in the mesh: client's outbound, then server's inbound proxy"
+    ),
+    rr_latency!(
+        "mesh",
+        Path::Mesh,
+        "as l4-rr-latency, both pods in the mesh: client's outbound, then server's inbound proxy"
+    ),
+    connect_rate!(
+        "mesh",
+        Path::Mesh,
+        "as l4-connect-rate, both pods in the mesh: client's outbound, then server's inbound proxy"
+    ),
+    not_yet("http1-fixed-rate", "HTTP/1.1 at a fixed rate, latency"),
+    not_yet("http1-max-rps", "HTTP/1.1 requests per second"),
+    not_yet("http2-max-rps", "HTTP/2 requests per second"),
+    not_yet("mtls-handshakes", "mTLS handshakes per second"),
     Scenario {
         name: "memory",
         what: "proxy RSS: idle, with idle connections open and after they close, at a burst's \
                peak, after the burst",
-        skip: None,
+        path: Path::Outbound,
+        load: Load::Memory,
         proxy_only: true,
         metrics: &[
             m("memory-idle", "MiB", false),
@@ -213,25 +311,28 @@ pub fn start_servers(topo: &Topology, bins: &Bins) -> Result<Vec<Proc>> {
 
 /// One run of `scenario` against `running`: the metric values, in `scenario.metrics` order.
 pub fn run(ctx: &Ctx, scenario: &Scenario, running: &Running) -> Result<Vec<f64>> {
+    // Every proxy on the path counts: both sidecars of the mesh path, one agent otherwise.
     let cpu = || -> Result<f64> {
-        match running.proxy_pid() {
-            Some(pid) => procstat::cpu_seconds(pid, ctx.ticks),
-            None => Ok(f64::NAN),
+        let pids = running.proxy_pids();
+        if pids.is_empty() {
+            return Ok(f64::NAN);
         }
+        pids.into_iter()
+            .map(|pid| procstat::cpu_seconds(pid, ctx.ticks))
+            .sum()
     };
     let cpu0 = cpu()?;
-    let values = match scenario.name {
-        "l4-throughput-1" => throughput(ctx, 1)?,
-        "l4-throughput-8" => throughput(ctx, 8)?,
-        "l4-rr-latency" => rr(ctx)?,
-        "l4-connect-rate" => connect(ctx)?,
-        "memory" => {
-            let pid = running
-                .proxy_pid()
-                .context("the memory scenario needs a proxy")?;
+    let values = match scenario.load {
+        Load::Throughput(streams) => throughput(ctx, streams)?,
+        Load::RoundTrips => rr(ctx)?,
+        Load::Connects => connect(ctx)?,
+        Load::Memory => {
+            let [pid] = running.proxy_pids()[..] else {
+                bail!("the memory scenario measures exactly one proxy");
+            };
             return memory(ctx, pid);
         }
-        other => bail!("scenario {other} has no runner"),
+        Load::NotYet(reason) => bail!("scenario {} cannot run: {reason}", scenario.name),
     };
     let cpu_used = cpu()? - cpu0;
     // The last value is the work done, turned into the proxy's CPU per unit of it.
@@ -438,4 +539,33 @@ fn spawn_tool(ctx: &Ctx, name: &str, args: &[String]) -> Result<Proc> {
         .stderr(Stdio::inherit());
     let child = c.spawn().with_context(|| format!("starting {name}"))?;
     Ok(Proc::from_child(ctx.topo, name, child))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_named_after_their_scenario_and_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for s in SCENARIOS {
+            for metric in s.metrics {
+                assert!(metric.name.starts_with(s.name), "{}", metric.name);
+                assert!(seen.insert(metric.name), "{} twice", metric.name);
+            }
+        }
+    }
+
+    #[test]
+    fn each_path_runs_the_same_loads() {
+        let inbound = find("inbound-rr-latency").unwrap();
+        assert_eq!(inbound.path, Path::Inbound);
+        assert_eq!(inbound.load, Load::RoundTrips);
+        assert_eq!(inbound.metrics[0].name, "inbound-rr-latency-p50");
+        let mesh = find("mesh-throughput-1").unwrap();
+        assert_eq!(mesh.path.captured(), ["client", "server"]);
+        assert_eq!(mesh.load, Load::Throughput(1));
+        assert_eq!(find("mesh-connect-rate").unwrap().skip(), None);
+        assert_eq!(find("mtls-handshakes").unwrap().skip(), Some(NO_L7));
+    }
 }

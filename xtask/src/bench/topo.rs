@@ -103,13 +103,16 @@ impl Topology {
         // Every connection of every scenario is dialled from the client pod, by the client
         // and by a proxy dialling upstream from inside it: the memory scenario's 10,000 held
         // connections take 20,000 ports there, beside what the connect-rate scenario left in
-        // TIME_WAIT, more than the default range (32768-60999) holds. The same for every
+        // TIME_WAIT, more than the default range (32768-60999) holds. In the server pod an
+        // inbound sidecar dials the app again, from ports of its own. The same for every
         // contender.
-        sysctl(
-            &topo.netns("client"),
-            "net/ipv4/ip_local_port_range",
-            "1024 65535",
-        )?;
+        for pod in ["client", "server"] {
+            sysctl(
+                &topo.netns(pod),
+                "net/ipv4/ip_local_port_range",
+                "1024 65535",
+            )?;
+        }
         Ok(topo)
     }
 
