@@ -118,51 +118,72 @@ fn stats(values: &[f64]) -> Option<(f64, f64, f64)> {
     Some((median, v[0], v[n - 1]))
 }
 
+/// The medians of one run, looked up by metric.
+struct Medians<'a>(&'a [Entry]);
+
+impl Medians<'_> {
+    fn get(&self, name: &str) -> Option<&Entry> {
+        self.0.iter().find(|e| e.metric.name == name)
+    }
+
+    fn of(&self, name: &str, c: Contender) -> Option<f64> {
+        self.get(name)?.median(c)
+    }
+
+    fn ratio(&self, name: &str, a: Contender, b: Contender) -> Option<f64> {
+        self.get(name)?.ratio(a, b)
+    }
+
+    /// What `c` adds to direct's `name` (a latency): its median minus direct's.
+    fn added(&self, name: &str, c: Contender) -> Option<f64> {
+        Some(self.of(name, c)? - self.of(name, Contender::Direct)?)
+    }
+
+    /// Sluice's added latency as a share of Envoy's, and what it is made of. The share is
+    /// only a number when Envoy adds something: else the run's latencies are noise.
+    fn added_share(&self, name: &str, pct: &str) -> (Option<f64>, String) {
+        use Contender::{Envoy, SluiceEbpf as Sluice};
+        match (self.added(name, Sluice), self.added(name, Envoy)) {
+            (Some(s), Some(e)) if e > 0.0 => (
+                Some(s / e),
+                format!("{pct}: sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs"),
+            ),
+            (Some(s), Some(e)) => (
+                None,
+                format!(
+                    "{pct}: sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs; Envoy's {pct} is not above \
+                     direct's, so this run's {pct}s are noise (a busy machine)"
+                ),
+            ),
+            _ => (None, String::new()),
+        }
+    }
+}
+
 fn targets(entries: &[Entry]) -> Vec<Target> {
     use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
-    let get = |name: &str| entries.iter().find(|e| e.metric.name == name);
-    let ratio = |name: &str, a, b| get(name).and_then(|e| e.ratio(a, b));
-    let med = |name: &str, c| get(name).and_then(|e| e.median(c));
-    let added = |c| Some(med("l4-rr-latency-p99", c)? - med("l4-rr-latency-p99", Direct)?);
-    let added_share = match (added(Sluice), added(Envoy)) {
-        (Some(s), Some(e)) if e > 0.0 => Some(s / e),
-        _ => None,
-    };
-    let added_p50 = |c| Some(med("l4-rr-latency-p50", c)? - med("l4-rr-latency-p50", Direct)?);
-    let mut added_detail = match (added(Sluice), added(Envoy)) {
-        (Some(s), Some(e)) if e > 0.0 => format!("p99: sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs"),
-        (Some(s), Some(e)) => format!(
-            "p99: sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs; Envoy's p99 is not above direct's, \
-             so this run's p99s are noise (a busy machine)"
-        ),
-        _ => String::new(),
-    };
-    if let (Some(s), Some(e)) = (added_p50(Sluice), added_p50(Envoy)) {
-        let share = if e > 0.0 {
-            format!(" = {:.2}×", s / e)
-        } else {
-            String::new()
-        };
-        let _ = write!(
-            added_detail,
-            "; for reference, p50: sluice-ebpf {s:+.1} µs, envoy {e:+.1} µs{share}"
-        );
+    let med = Medians(entries);
+    let (added_p99, mut added_detail) = med.added_share("l4-rr-latency-p99", "p99");
+    let (p50_share, p50) = med.added_share("l4-rr-latency-p50", "p50");
+    if !p50.is_empty() {
+        let share = p50_share.map(|r| format!(" = {r:.2}×")).unwrap_or_default();
+        let _ = write!(added_detail, "; for reference, {p50}{share}");
     }
     let recovered = match (
-        med("memory-after-burst", Sluice),
-        med("memory-idle", Sluice),
+        med.of("memory-after-burst", Sluice),
+        med.of("memory-idle", Sluice),
     ) {
         (Some(a), Some(i)) if i > 0.0 => Some(a / i),
         _ => None,
     };
-    let recovered_detail = match med("memory-recovery", Sluice) {
+    let recovered_detail = match med.of("memory-recovery", Sluice) {
         Some(secs) => format!("after waiting {secs:.0} s"),
         None => String::new(),
     };
-    vec![
+    let mut targets = vec![
         Target {
             what: "L4 throughput, 1 stream: sluice-ebpf / direct".into(),
-            value: ratio("l4-throughput-1", Sluice, Direct),
+            value: med.ratio("l4-throughput-1", Sluice, Direct),
             limit: 0.85,
             at_least: true,
             unit: "×",
@@ -170,7 +191,7 @@ fn targets(entries: &[Entry]) -> Vec<Target> {
         },
         Target {
             what: "L4 throughput, 1 stream: sluice-ebpf / envoy".into(),
-            value: ratio("l4-throughput-1", Sluice, Envoy),
+            value: med.ratio("l4-throughput-1", Sluice, Envoy),
             limit: 1.25,
             at_least: true,
             unit: "×",
@@ -178,7 +199,7 @@ fn targets(entries: &[Entry]) -> Vec<Target> {
         },
         Target {
             what: "added p99 latency (p99 − direct p99): sluice-ebpf / envoy".into(),
-            value: added_share,
+            value: added_p99,
             limit: 0.5,
             at_least: false,
             unit: "×",
@@ -186,15 +207,42 @@ fn targets(entries: &[Entry]) -> Vec<Target> {
         },
         Target {
             what: "connect rate: sluice-ebpf / envoy".into(),
-            value: ratio("l4-connect-rate", Sluice, Envoy),
+            value: med.ratio("l4-connect-rate", Sluice, Envoy),
             limit: 1.5,
             at_least: true,
             unit: "×",
             detail: String::new(),
         },
+    ];
+    // The paths through the server's inbound proxy have the outbound path's throughput
+    // target against Envoy, and their latency one on p50.
+    for (prefix, path) in [
+        ("inbound", "inbound (server's proxy only)"),
+        ("mesh", "mesh (both proxies)"),
+    ] {
+        let p50 = format!("{prefix}-rr-latency-p50");
+        let (share, detail) = med.added_share(&p50, "p50");
+        targets.push(Target {
+            what: format!("{path} throughput, 1 stream: sluice-ebpf / envoy"),
+            value: med.ratio(&format!("{prefix}-throughput-1"), Sluice, Envoy),
+            limit: 1.25,
+            at_least: true,
+            unit: "×",
+            detail: String::new(),
+        });
+        targets.push(Target {
+            what: format!("{path} added p50 latency (p50 − direct p50): sluice-ebpf / envoy"),
+            value: share,
+            limit: 0.5,
+            at_least: false,
+            unit: "×",
+            detail,
+        });
+    }
+    targets.extend([
         Target {
             what: "idle RSS of sluice-ebpf".into(),
-            value: med("memory-idle", Sluice),
+            value: med.of("memory-idle", Sluice),
             limit: 10.0,
             at_least: false,
             unit: "MiB",
@@ -208,7 +256,8 @@ fn targets(entries: &[Entry]) -> Vec<Target> {
             unit: "×",
             detail: recovered_detail,
         },
-    ]
+    ]);
+    targets
 }
 
 /// The samples of an earlier report: each entry's `samples`, or for reports without them
@@ -432,6 +481,27 @@ mod tests {
             ..t
         };
         assert_eq!(t.verdict(), "missed by 20%");
+    }
+
+    #[test]
+    fn inbound_targets_compare_with_envoy() {
+        let mut samples = Samples::new();
+        let by = samples.entry("inbound-throughput-1").or_default();
+        by.insert(Contender::SluiceEbpf, vec![15.0]);
+        by.insert(Contender::Envoy, vec![10.0]);
+        let by = samples.entry("inbound-rr-latency-p50").or_default();
+        by.insert(Contender::Direct, vec![50.0]);
+        by.insert(Contender::SluiceEbpf, vec![60.0]);
+        by.insert(Contender::Envoy, vec![90.0]);
+        let report = summarize(&samples);
+        let find = |what: &str| report.targets.iter().find(|t| t.what.starts_with(what));
+        let throughput = find("inbound (server's proxy only) throughput").unwrap();
+        assert_eq!(throughput.value, Some(1.5));
+        assert_eq!(throughput.met(), Some(true));
+        let p50 = find("inbound (server's proxy only) added p50").unwrap();
+        assert_eq!(p50.value, Some(0.25));
+        assert_eq!(p50.detail, "p50: sluice-ebpf +10.0 µs, envoy +40.0 µs");
+        assert_eq!(find("mesh (both proxies) throughput").unwrap().value, None);
     }
 
     #[test]
