@@ -1,5 +1,6 @@
-//! `sluice-demo`: one node, two enrolled clients and a server, the real agent, some traffic
-//! and a short report of what the mesh saw. Cleans up everything; exits non-zero on any
+//! `sluice-demo`: one node, two enrolled clients and an enrolled server, the real agent, some
+//! traffic (each connection captured on its way out of the client pod and on its way into the
+//! server pod) and a short report of what the mesh saw. Cleans up everything; exits non-zero on any
 //! failure. Run as root: `SLUICE_AGENT_BIN=target/debug/mesh-agent target/debug/sluice-demo`.
 
 use anyhow::{Context, Result, ensure};
@@ -51,7 +52,7 @@ fn run() -> Result<()> {
     let cfg = AgentConfig::new(&node)
         .with(Workload::enrolled(&a))
         .with(Workload::enrolled(&c))
-        .with(Workload::known(&s));
+        .with(Workload::enrolled(&s));
     let pin_dir = cfg.pin_dir();
     println!(
         "node {}: agent cgroupRoot {}",
@@ -83,6 +84,13 @@ fn run() -> Result<()> {
     let seen: Vec<String> = server.accepted().into_iter().map(|c| c.peer).collect();
     println!("  server accepted {} connections from {seen:?}", seen.len());
     ensure!(seen.len() == 6, "server should have accepted 6 connections");
+    // Delivered by the proxy, yet from the clients' own addresses.
+    let clients = [a.ip().to_string(), c.ip().to_string()];
+    ensure!(
+        seen.iter()
+            .all(|peer| clients.iter().any(|ip| peer.starts_with(&format!("{ip}:")))),
+        "the server saw an address that is not a client pod's: {seen:?}"
+    );
 
     let dbg = agent.debug_ebpf()?;
     println!("\n/debug/ebpf:");
@@ -98,16 +106,23 @@ fn run() -> Result<()> {
     }
     let captured = agent.counter("captured")?;
     ensure!(captured >= 6, "captured = {captured}, expected at least 6");
+    let inbound = agent.counter("inbound_captured")?;
+    ensure!(
+        inbound >= 6,
+        "inbound_captured = {inbound}, expected at least 6"
+    );
 
-    println!("\nagent log, relayed connections (dst = the original destination):");
+    println!(
+        "\nagent log, relayed connections (dst = the original destination; each once outbound, once inbound):"
+    );
     let log = agent.log();
     let relayed: Vec<&str> = log.lines().filter(|l| l.contains("relaying")).collect();
     for line in &relayed {
         println!("  {line}");
     }
     ensure!(
-        relayed.len() == 6,
-        "agent logged {} relayed connections, expected 6",
+        relayed.len() == 12,
+        "agent logged {} relayed connections, expected 12",
         relayed.len()
     );
 
@@ -135,6 +150,17 @@ fn run() -> Result<()> {
     ensure!(
         opened >= 1.0,
         "no istio_tcp_connections_opened_total for client-a"
+    );
+    let inbound_opened = m.sum(
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("destination_workload", "server"),
+        ],
+    );
+    ensure!(
+        inbound_opened >= 6.0,
+        "istio_tcp_connections_opened_total{{reporter=\"destination\"}} for server is {inbound_opened}"
     );
 
     agent.stop()?;
