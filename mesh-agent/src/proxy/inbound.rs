@@ -4,24 +4,13 @@ use std::{io, net::SocketAddr, sync::Arc};
 
 use mesh_common::INBOUND_LISTENER_PORT;
 use tokio::net::TcpStream;
-use tracing::debug;
 
-use super::{ProxyContext, delivery, l4, orig_dst::original_dst, pod::Pod, tcp_labels};
+use super::{ProxyContext, delivery, orig_dst::original_dst, pod::Pod, tcp_labels};
 
 pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc<ProxyContext>) {
-    let dst = match destination(&client) {
-        Ok(dst) => dst,
-        Err(err) => {
-            debug!(%err, "no original destination; refusing");
-            l4::reset(&client);
-            return;
-        }
-    };
-    if pod.is_proxy_port(dst) {
-        debug!(%dst, "connection to the proxy's own listener; refusing");
-        l4::reset(&client);
+    let Some(dst) = super::destination_or_reset(&client, &pod, destination) else {
         return;
-    }
+    };
     let workloads = ctx.workloads();
     let labels = tcp_labels(
         "destination",

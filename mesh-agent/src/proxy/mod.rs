@@ -23,6 +23,7 @@ use std::{
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use self::pod::Pod;
 use crate::{
     config::{Config, ProxySettings, Workload},
     metrics::{ConnectionCounters, Metrics, TcpLabels},
@@ -102,6 +103,25 @@ fn tcp_labels(
         request_protocol: "tcp",
         connection_security_policy: "none",
     }
+}
+
+/// The connection's original destination as `find` reads it, or `None` once the connection
+/// is reset: when it has none (someone dialled the listener directly) or it is one of the
+/// pod's own proxy ports (relaying there would loop).
+fn destination_or_reset(
+    accepted: &TcpStream,
+    pod: &Pod,
+    find: impl FnOnce(&TcpStream) -> io::Result<SocketAddr>,
+) -> Option<SocketAddr> {
+    match find(accepted) {
+        Ok(dst) if pod.is_proxy_port(dst) => {
+            debug!(%dst, "connection to the proxy's own listener; refusing");
+        }
+        Ok(dst) => return Some(dst),
+        Err(err) => debug!(%err, "no original destination; refusing"),
+    }
+    l4::reset(accepted);
+    None
 }
 
 /// The end every request path shares: relays the accepted connection to the one dialled

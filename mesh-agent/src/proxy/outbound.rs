@@ -3,25 +3,13 @@
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tracing::debug;
 
-use super::{ProxyContext, l4, orig_dst::original_dst, pod::Pod, tcp_labels, upstream};
+use super::{ProxyContext, orig_dst::original_dst, pod::Pod, tcp_labels, upstream};
 
 pub async fn handle(app: TcpStream, pod: Arc<Pod>, ctx: Arc<ProxyContext>) {
-    let dst = match original_dst(&app) {
-        Ok(dst) => dst,
-        Err(err) => {
-            // Not a captured connection: someone dialled the listener directly.
-            debug!(%err, "no original destination; refusing");
-            l4::reset(&app);
-            return;
-        }
-    };
-    if pod.is_proxy_port(dst) {
-        debug!(%dst, "connection to the proxy's own listener; refusing");
-        l4::reset(&app);
+    let Some(dst) = super::destination_or_reset(&app, &pod, original_dst) else {
         return;
-    }
+    };
     let workloads = ctx.workloads();
     let labels = tcp_labels(
         "source",
