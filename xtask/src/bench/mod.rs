@@ -55,8 +55,8 @@ pub struct Bench {
     /// Also rewrite docs/benchmarks.md and docs/benchmarks.svg from this run.
     #[arg(long)]
     write_docs: bool,
-    /// CPUs for client (load generator), server and proxy, comma separated.
-    /// [default: 0,1,0; all 0 on a one-CPU machine]
+    /// CPUs for client (load generator), server and proxy (the agent, or every Envoy
+    /// sidecar on the path), comma separated. [default: 0,1,0; all 0 on a one-CPU machine]
     #[arg(long, value_name = "C,S,P")]
     cpus: Option<String>,
     /// Measure nothing: re-render the report (and docs/, with --write-docs) from an earlier
