@@ -42,6 +42,12 @@ pub(super) const PROGRAMS: &[Program] = &[
         prog_type: "cgroup_sockopt",
         helpers: &["bpf_map_lookup_elem"],
     },
+    Program {
+        name: "steer_inbound",
+        prog_type: "sk_lookup",
+        // aya's SockHash::redirect_sk_lookup: the lookup, the assign and the release.
+        helpers: &["bpf_map_lookup_elem", "bpf_sk_assign", "bpf_sk_release"],
+    },
 ];
 
 /// The program types the agent loads, for the guest's probe to report helpers of.
@@ -53,7 +59,7 @@ pub fn prog_types() -> Vec<&'static str> {
 }
 
 /// The map types the agent creates.
-pub(super) const MAP_TYPES: &[&str] = &["hash", "percpu_array"];
+pub(super) const MAP_TYPES: &[&str] = &["hash", "percpu_array", "sockhash"];
 
 #[cfg(test)]
 mod tests {
