@@ -150,7 +150,6 @@ impl Enrollment {
         };
         let netns = Netns::open(netns_path)?;
         delivery::prepare_netns(&netns, ipv6.is_some())
-            .map_err(anyhow::Error::msg)
             .context("installing the return route for inbound delivery")?;
         let pod = Arc::new(Pod {
             workload: workload.clone(),

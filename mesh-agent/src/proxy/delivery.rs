@@ -23,7 +23,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::sys::{
     exec::{self, NetnsTarget},
-    netns::Netns,
+    netns::{Netns, NetnsError},
 };
 
 /// Priority of the delivery route's rule: ahead of the main table (32766).
@@ -44,19 +44,31 @@ pub trait SteeringExemption: Send + Sync {
     fn end(&self, from: SocketAddr, to: SocketAddr);
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("setting net.{sysctl}: {error}")]
+    Sysctl { sysctl: String, error: io::Error },
+    #[error(transparent)]
+    Route(#[from] exec::ExecError),
+}
+
 /// Installs the return route for deliveries in the pod's netns (idempotent). It stays when
 /// the pod leaves the mesh: connections delivered before still need it, and it only ever
 /// matches the proxy's own marked sockets.
-pub fn prepare_netns(netns: &Netns, ipv6: bool) -> Result<(), String> {
+pub fn prepare_netns(netns: &Netns, ipv6: bool) -> Result<(), PrepareError> {
     let mut sysctls = vec!["ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect"];
     if ipv6 {
         sysctls.push("ipv6/fwmark_reflect");
     }
     for sysctl in sysctls {
         netns
-            .run(|| std::fs::write(format!("/proc/sys/net/{sysctl}"), "1"))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("setting net.{}: {e}", sysctl.replace('/', ".")))?;
+            .run(|| std::fs::write(format!("/proc/sys/net/{sysctl}"), "1"))?
+            .map_err(|error| PrepareError::Sysctl {
+                sysctl: sysctl.replace('/', "."),
+                error,
+            })?;
     }
     let target = NetnsTarget::Pod(netns);
     let table = DELIVERY_ROUTE_TABLE.to_string();
@@ -82,12 +94,12 @@ pub fn prepare_netns(netns: &Netns, ipv6: bool) -> Result<(), String> {
             Ok(_) => {}
             // Already there (an earlier enrollment, or an earlier agent).
             Err(exec::ExecError::Failed { stderr, .. }) if stderr.contains("File exists") => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         let route = [
             *family, "route", "replace", "local", everything, "dev", "lo", "table", &table,
         ];
-        exec::run(target, "ip", &route, "").map_err(|e| e.to_string())?;
+        exec::run(target, "ip", &route, "")?;
     }
     Ok(())
 }
