@@ -5,7 +5,9 @@
 //! later). Validation happens while parsing, so a `Config` that exists is one the agent can
 //! act on, and errors point at the field that is wrong.
 mod file;
+pub mod identity;
 mod model;
+pub mod policy;
 
 pub use file::FileSource;
 pub use model::{Config, ModeSetting, ProxySettings, RedirectMode, Workload, WorkloadKey};

@@ -1,5 +1,5 @@
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -9,6 +9,11 @@ use std::{
 use ipnet::IpNet;
 use mesh_common::{MAX_EXCLUDED_CIDRS, MAX_EXCLUDED_PORTS};
 use serde::{Deserialize, Serialize};
+
+use super::{
+    identity::IdentitySettings,
+    policy::{AuthorizationPolicy, MtlsMode, PeerAuthentication},
+};
 
 /// The whole configuration of one node's agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,7 +29,11 @@ pub struct Config {
     pub readiness_address: SocketAddr,
     pub proxy: ProxySettings,
     pub redirect: RedirectSettings,
+    /// Certificates for the mesh tunnel; `None` leaves mTLS off (said at start).
+    pub identity: Option<IdentitySettings>,
     pub workloads: Vec<Workload>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub peer_authentications: Vec<PeerAuthentication>,
 }
 
 /// How pods are steered into the proxy, node-wide (a workload may override it).
@@ -111,6 +120,8 @@ pub struct Workload {
     pub name: String,
     pub namespace: String,
     pub service_account: String,
+    /// Labels that policies' selectors match.
+    pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     /// Path of the pod's network namespace (e.g. `/run/netns/x` or `/proc/<pid>/ns/net`).
     pub netns: Option<PathBuf>,
@@ -211,8 +222,13 @@ struct RawConfig {
     proxy: ProxySettings,
     #[serde(default)]
     redirect: RedirectSettings,
+    identity: Option<IdentitySettings>,
     #[serde(default)]
     workloads: Vec<Workload>,
+    #[serde(default)]
+    authorization_policies: Vec<AuthorizationPolicy>,
+    #[serde(default)]
+    peer_authentications: Vec<PeerAuthentication>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -248,6 +264,7 @@ impl TryFrom<RawConfig> for Config {
                 ));
             }
         }
+        check_policies(&raw)?;
         Ok(Config {
             node: raw.node,
             cgroup_root: raw.cgroup_root,
@@ -257,9 +274,46 @@ impl TryFrom<RawConfig> for Config {
             readiness_address: raw.readiness_address,
             proxy: raw.proxy,
             redirect: raw.redirect,
+            identity: raw.identity,
             workloads: raw.workloads,
+            authorization_policies: raw.authorization_policies,
+            peer_authentications: raw.peer_authentications,
         })
     }
+}
+
+/// Names unique per namespace, ports that are ports, and `STRICT` only where there are
+/// certificates to be strict with.
+fn check_policies(raw: &RawConfig) -> Result<(), String> {
+    let mut names = HashSet::new();
+    for p in &raw.authorization_policies {
+        let who = format!("authorizationPolicies: {}/{}", p.namespace, p.name);
+        if !names.insert((&p.namespace, &p.name)) {
+            return Err(format!("{who} is listed twice"));
+        }
+        let ports = p.rules.iter().flat_map(|r| &r.to).flat_map(|t| {
+            let op = &t.operation;
+            op.ports.iter().chain(&op.not_ports).flatten()
+        });
+        for port in ports {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(format!("{who}: port {port:?} is not a port number"));
+            }
+        }
+    }
+    let mut names = HashSet::new();
+    for p in &raw.peer_authentications {
+        let who = format!("peerAuthentications: {}/{}", p.namespace, p.name);
+        if !names.insert((&p.namespace, &p.name)) {
+            return Err(format!("{who} is listed twice"));
+        }
+        if p.mtls.mode == MtlsMode::Strict && raw.identity.is_none() {
+            return Err(format!(
+                "{who}: STRICT needs the identity section (without it mTLS is off)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -270,6 +324,8 @@ struct RawWorkload {
     namespace: String,
     #[serde(default = "defaults::service_account")]
     service_account: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
     #[serde(default)]
     ips: Vec<IpAddr>,
     netns: Option<PathBuf>,
@@ -344,6 +400,7 @@ impl TryFrom<RawWorkload> for Workload {
             name: raw.name,
             namespace: raw.namespace,
             service_account: raw.service_account,
+            labels: raw.labels,
             ips: raw.ips,
             netns: raw.netns,
             cgroup: raw.cgroup,

@@ -1,0 +1,108 @@
+//! Inbound policy in the config, shaped like Istio's `AuthorizationPolicy` (its L4 subset) and
+//! `PeerAuthentication`, so the Kubernetes source can read those resources into these types.
+//!
+//! Fields the L4 proxy cannot evaluate (methods, paths, request principals, port-level mTLS)
+//! are refused when the config is read: a `DENY` that silently ignored them would allow
+//! what its author meant to deny.
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Which workloads a policy applies to: all of `namespace`, or those of its workloads whose
+/// labels include every `matchLabels` pair.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicy {
+    pub name: String,
+    pub namespace: String,
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub action: PolicyAction,
+    /// No rules: an `ALLOW` policy allows nothing, a `DENY` policy denies nothing.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PolicyAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Matches when some `from` entry and some `to` entry match (an absent list matches all).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub from: Vec<From>,
+    #[serde(default)]
+    pub to: Vec<To>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct From {
+    pub source: Source,
+}
+
+/// Every listed field must match; within a field, any value. `principals` are SPIFFE IDs
+/// without the scheme (`<trust domain>/ns/<ns>/sa/<sa>`), `*` as a prefix or suffix
+/// wildcard, as in Istio.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    pub principals: Option<Vec<String>>,
+    pub not_principals: Option<Vec<String>>,
+    pub namespaces: Option<Vec<String>>,
+    pub not_namespaces: Option<Vec<String>>,
+    pub ip_blocks: Option<Vec<IpNet>>,
+    pub not_ip_blocks: Option<Vec<IpNet>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct To {
+    pub operation: Operation,
+}
+
+/// Destination ports, as strings as in Istio.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Operation {
+    pub ports: Option<Vec<String>>,
+    pub not_ports: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthentication {
+    pub name: String,
+    pub namespace: String,
+    pub selector: Option<WorkloadSelector>,
+    pub mtls: PeerMtls,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerMtls {
+    pub mode: MtlsMode,
+}
+
+/// `STRICT` refuses plaintext inbound; `PERMISSIVE` (the default) takes both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    #[default]
+    Permissive,
+    Strict,
+}
