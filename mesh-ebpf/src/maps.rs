@@ -30,11 +30,13 @@ pub static INBOUND_PODS: HashMap<PodIp, InboundPod> = HashMap::pinned(8192, 0);
 #[map(name = "INBOUND_LISTENERS")]
 pub static INBOUND_LISTENERS: SockHash<PodIp> = SockHash::pinned(8192, 0);
 
-/// The proxy's deliveries to apps, present only while they connect: sk_lookup sees them
-/// like any inbound connection and must not steer them back to the proxy. Carries no
-/// mark or interface sign the program could read on 5.10, hence the explicit list.
+/// The proxy's deliveries to apps, present while they live: sk_lookup sees their packets
+/// like any inbound connection's (the SYN, and later ones while the app's side has no full
+/// socket) and must not steer them back to the proxy. They carry no mark or interface sign
+/// the program could read on 5.10, hence the explicit list. Sized like ORIG_BY_TUPLE: one
+/// entry per delivered connection on the node.
 #[map(name = "DELIVERIES")]
-pub static DELIVERIES: HashMap<ConnTuple, u8> = HashMap::pinned(16384, 0);
+pub static DELIVERIES: HashMap<ConnTuple, u8> = HashMap::pinned(65536, 0);
 
 /// What the programs did, per CPU (the BPF target has no 64-bit atomic add).
 #[map(name = "COUNTERS")]

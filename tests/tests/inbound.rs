@@ -38,6 +38,7 @@ tests::in_every_mode!(
     closed_port_is_reset_promptly,
     release_stops_inbound_and_keeps_established_connections,
     delivery_is_not_recaptured_under_500_concurrent_connections,
+    delivery_survives_syn_cookies_and_a_full_accept_queue,
 );
 
 /// Starts the agent and checks the steering of every pod: exactly its mode's rules, outbound
@@ -480,6 +481,60 @@ fn delivery_is_not_recaptured_under_500_concurrent_connections(mode: Mode) {
         "the app accepted {} connections",
         accepted.len()
     );
+    if mode == Mode::Ebpf {
+        poll_until(
+            Duration::from_secs(10),
+            "every delivery's DELIVERIES entry is gone once its connection closed",
+            || Ok((agent.debug_ebpf()?["liveDeliveries"] == 0).then_some(())),
+        )
+        .unwrap();
+    }
+}
+
+/// The app's accept queue overflows while the kernel answers every SYN with a cookie
+/// (`tcp_syncookies=2`): a delivered connection the app's side dropped has no socket there
+/// yet, so each of its packets meets the pod's steering again until the app accepts. They
+/// must reach the app, not the proxy's listener (which would take them as a new client).
+///
+/// The payload fits one segment: with a cookie, only the first segment's sequence number
+/// proves the connection, and a later one would be reset by the kernel with or without the
+/// mesh. The eBPF counters are not judged: with cookies the client's own ACK meets
+/// `sk_lookup` too, so `inbound_captured` counts more than connections.
+fn delivery_survives_syn_cookies_and_a_full_accept_queue(mode: Mode) {
+    const N: usize = 10;
+    let node = Node::new().unwrap();
+    let a = node.add_pod("client-a").unwrap();
+    let b = node.add_pod("server-b").unwrap();
+    tests::netns::run_in(&b.netns_path(), || {
+        Ok(std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2")?)
+    })
+    .unwrap();
+    let pause = ["--backlog", "1", "--accept-after-ms", "2000"];
+    let server = b.serve_args(8080, "server-b", &pause).unwrap();
+    let agent = start(
+        &node,
+        AgentConfig::new(&node)
+            .mode(mode)
+            .with(Workload::enrolled(&b)),
+    );
+
+    let target = addr(b.ip(), 8080);
+    let before = snapshot(&agent);
+    let opts = DialOpts {
+        bytes: 200,
+        count: N,
+        barrier: true,
+        timeout_ms: 20_000,
+        ..DialOpts::default()
+    };
+    let report = a.dial(target, &opts).unwrap();
+    for r in &report.results {
+        assert_delivered(r, a.ip().into(), target);
+    }
+    assert_eq!(report.results.len(), N);
+    let proxied = before.inbound_since(&snapshot(&agent), "server-b");
+    assert_eq!(proxied, N as f64, "connections the proxy took for server-b");
+    assert_eq!(server.accepted().len(), N, "the app accepted another count");
 }
 
 /// eBPF: `enrolled: false` drops the pod's `sk_lookup` link, pin and debug entry, and

@@ -36,12 +36,30 @@ const SOURCE_PORT_ATTEMPTS: usize = 4;
 /// connection. eBPF's sk_lookup sees the delivery arrive at the app's address like any
 /// other connection; netfilter's inbound rule (nat PREROUTING) never sees locally made
 /// connections, so it needs nothing.
+///
+/// The exemption lasts as long as the delivered connection, not only its connect: a packet
+/// of an established connection reaches the listener lookup (and so sk_lookup) whenever the
+/// app's side has no full socket yet, as when the app's accept queue overflows and the
+/// kernel answers with SYN cookies. Steered to the proxy, such a packet would reset the
+/// delivery.
 pub trait SteeringExemption: Send + Sync {
     /// The proxy is about to connect `from` → `to`: let it reach the app.
     fn begin(&self, from: SocketAddr, to: SocketAddr) -> io::Result<()>;
-    /// That connect is over (established or failed): later packets of the connection never
-    /// reach the steering.
+    /// That connection is over (closed, or its connect failed).
     fn end(&self, from: SocketAddr, to: SocketAddr);
+}
+
+/// A delivery's exemption, ended when dropped: keep it as long as the connection lives.
+pub struct Exempted<'a> {
+    exemption: &'a dyn SteeringExemption,
+    from: SocketAddr,
+    to: SocketAddr,
+}
+
+impl Drop for Exempted<'_> {
+    fn drop(&mut self) {
+        self.exemption.end(self.from, self.to);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,14 +122,15 @@ pub fn prepare_netns(netns: &Netns, ipv6: bool) -> Result<(), PrepareError> {
     Ok(())
 }
 
-/// Connects to the app at `app` from the client's address, inside the pod's netns.
-pub async fn connect(
+/// Connects to the app at `app` from the client's address, inside the pod's netns. The
+/// connection stays exempt from the pod's steering until the returned guard is dropped.
+pub async fn connect<'a>(
     netns: &Netns,
     client: SocketAddr,
     app: SocketAddr,
     timeout: Duration,
-    exemption: &dyn SteeringExemption,
-) -> io::Result<TcpStream> {
+    exemption: &'a dyn SteeringExemption,
+) -> io::Result<(TcpStream, Exempted<'a>)> {
     let socket = netns
         .run(|| transparent_socket(client))
         .map_err(io::Error::other)??;
@@ -120,11 +139,14 @@ pub async fn connect(
         .as_socket()
         .ok_or_else(|| io::Error::other("delivery socket has no IP address"))?;
     exemption.begin(from, app)?;
+    let exempted = Exempted {
+        exemption,
+        from,
+        to: app,
+    };
     let socket = TcpSocket::from_std_stream(socket.into());
-    let connected = tokio::time::timeout(timeout, socket.connect(app)).await;
-    exemption.end(from, app);
-    match connected {
-        Ok(result) => result,
+    match tokio::time::timeout(timeout, socket.connect(app)).await {
+        Ok(connected) => Ok((connected?, exempted)),
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("delivery to {app} timed out after {timeout:?}"),

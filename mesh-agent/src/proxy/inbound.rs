@@ -19,7 +19,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc
     );
     let counters = ctx.metrics.connection_opened(&labels);
     let settings = ctx.settings();
-    let app = delivery::connect(
+    let delivered = delivery::connect(
         &pod.netns,
         peer,
         dst,
@@ -27,6 +27,10 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc
         pod.exemption.as_ref(),
     )
     .await;
+    let (app, _exempted) = match delivered {
+        Ok((app, exempted)) => (Ok(app), Some(exempted)),
+        Err(e) => (Err(e), None),
+    };
     super::relay_or_reset(&ctx, client, app, dst, &counters, settings.idle_timeout).await;
 }
 

@@ -71,11 +71,12 @@ pub trait Redirect: Send + Sync {
     /// Stops steering every pod not in `keep` that this mode can still find.
     fn retain_only(&self, keep: &[&CaptureSpec]) -> Result<(), RedirectError>;
     /// The proxy is about to connect `from` → `to` inside a pod to deliver an inbound
-    /// connection: steering that would capture that connect again must let it through.
+    /// connection: steering that would capture that connection's packets again must let
+    /// them through until [`Redirect::end_delivery`].
     fn begin_delivery(&self, _from: SocketAddr, _to: SocketAddr) -> Result<(), RedirectError> {
         Ok(())
     }
-    /// That connect is over; see [`Redirect::begin_delivery`].
+    /// That delivered connection is closed (or its connect failed).
     fn end_delivery(&self, _from: SocketAddr, _to: SocketAddr) {}
     /// `(metric name, value)` of what the steering did: `sluice_<name>_total`.
     fn counters(&self) -> Vec<(String, u64)>;

@@ -1,6 +1,9 @@
 //! `sluice-testapp`: the application the tests run inside pods.
 //!
-//! `serve --port P [--ipv6] [--bind ADDR] [--id NAME]` prints `READY <addr>` once listening
+//! `serve --port P [--ipv6] [--bind ADDR] [--id NAME] [--backlog N] [--accept-after-ms M]`
+//! (a short accept queue, and a pause of M ms once the first connection waits, to make the
+//! queue overflow) prints
+//! `READY <addr>` once listening
 //! and `CONN peer=<a> local=<b> [orig=<c>]` per accepted connection (`orig`: the
 //! `SO_ORIGINAL_DST` conntrack recorded, when it has one), and answers the protocol in
 //! `tests::wire`. `dial ADDR [--bytes N] [--recv-bytes M] [--count C] [--concurrency K]
@@ -9,6 +12,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -58,7 +62,28 @@ fn serve(args: &[String]) -> Result<(), String> {
     };
     let listener = TcpListener::bind(&bind).map_err(|e| format!("bind {bind}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(backlog) = opt(args, "--backlog") {
+        let backlog: libc::c_int = backlog.parse().map_err(|_| "bad --backlog")?;
+        // listen() again on a listening socket only changes its backlog.
+        // SAFETY: a valid listening socket's fd.
+        if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+            return Err(format!("listen: {}", io::Error::last_os_error()));
+        }
+    }
     println!("READY {local}");
+    let pause = Duration::from_millis(num(args, "--accept-after-ms", 0)?);
+    if !pause.is_zero() {
+        let mut first = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut first, 1, -1) } < 0 {
+            return Err(format!("poll: {}", io::Error::last_os_error()));
+        }
+        std::thread::sleep(pause);
+    }
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,

@@ -1,6 +1,6 @@
 //! Inbound steering: the `sk_lookup` program attached to each enrolled pod's netns, and the
 //! maps it reads (the pod's addresses and exclusions, its inbound listeners, the proxy's
-//! deliveries in flight).
+//! live deliveries).
 //!
 //! Enrolling a pod fills the maps before attaching, so no connection is steered to a
 //! listener that is not there; releasing detaches first. Each pod's link is pinned under
@@ -44,7 +44,7 @@ pub(super) struct InboundSteering {
     links: BTreeMap<WorkloadKey, PodLink>,
 }
 
-/// The proxy's deliveries in flight, written on every inbound connection: kept apart from
+/// The proxy's live deliveries, written on every inbound connection: kept apart from
 /// the enrollment state so connections never wait on an enrollment.
 pub(super) struct Deliveries(Mutex<HashMap<MapData, ConnTuple, u8>>);
 
@@ -236,7 +236,7 @@ impl Deliveries {
             .remove(&delivery_tuple(from, to));
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub fn live(&self) -> usize {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())

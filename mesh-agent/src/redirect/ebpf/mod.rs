@@ -295,7 +295,7 @@ impl Redirect for EbpfRedirect {
             "origDstByTuple": maps::dump_tuples(&self.orig_by_tuple),
             "origDstByCookieEntries": self.orig_by_cookie.keys().count(),
             "inbound": inbound,
-            "deliveriesInFlight": self.deliveries.in_flight(),
+            "liveDeliveries": self.deliveries.live(),
         })
     }
 }
