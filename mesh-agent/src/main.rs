@@ -1,9 +1,11 @@
 //! `mesh-agent`: Sluice's per-node agent.
 mod admin;
 mod app;
+mod authz;
 mod check;
 mod cli;
 mod config;
+mod identity;
 mod logging;
 mod metrics;
 mod proxy;

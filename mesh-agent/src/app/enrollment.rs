@@ -65,7 +65,7 @@ impl Enrollment {
         let desired: BTreeMap<WorkloadKey, &Workload> = config
             .workloads
             .iter()
-            .filter(|w| w.enrolled)
+            .filter(|w| w.captured_here())
             .map(|w| (w.key(), w))
             .collect();
         let stale: Vec<WorkloadKey> = self

@@ -153,7 +153,7 @@ fn start_redirect(config: &Config, node_mode: RedirectMode) -> anyhow::Result<Ro
             config
                 .workloads
                 .iter()
-                .filter(|w| w.enrolled)
+                .filter(|w| w.captured_here())
                 .map(|w| enrollment::mode_of(w, node_mode)),
         )
         .collect();

@@ -123,6 +123,9 @@ pub struct Workload {
     /// Labels that policies' selectors match.
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
+    /// The node the pod runs on; `None`: this node. An enrolled pod on another node is not
+    /// captured here but is in the mesh: connections to it go through the tunnel.
+    pub node: Option<String>,
     /// Path of the pod's network namespace (e.g. `/run/netns/x` or `/proc/<pid>/ns/net`).
     pub netns: Option<PathBuf>,
     /// Absolute path of the pod's cgroup v2 directory.
@@ -165,6 +168,11 @@ impl Workload {
             "spiffe://cluster.local/ns/{}/sa/{}",
             self.namespace, self.service_account
         )
+    }
+
+    /// Enrolled and running on this node: its traffic is captured here.
+    pub fn captured_here(&self) -> bool {
+        self.enrolled && self.node.is_none()
     }
 
     pub fn ipv6(&self) -> Option<std::net::Ipv6Addr> {
@@ -265,6 +273,18 @@ impl TryFrom<RawConfig> for Config {
             }
         }
         check_policies(&raw)?;
+        let mut workloads = raw.workloads;
+        for w in &mut workloads {
+            if w.node.as_ref() == Some(&raw.node) {
+                if w.enrolled && (w.netns.is_none() || w.cgroup.is_none()) {
+                    return Err(format!(
+                        "workloads: {} is enrolled on this node and needs netns and cgroup",
+                        w.key()
+                    ));
+                }
+                w.node = None;
+            }
+        }
         Ok(Config {
             node: raw.node,
             cgroup_root: raw.cgroup_root,
@@ -275,7 +295,7 @@ impl TryFrom<RawConfig> for Config {
             proxy: raw.proxy,
             redirect: raw.redirect,
             identity: raw.identity,
-            workloads: raw.workloads,
+            workloads,
             authorization_policies: raw.authorization_policies,
             peer_authentications: raw.peer_authentications,
         })
@@ -328,6 +348,7 @@ struct RawWorkload {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     ips: Vec<IpAddr>,
+    node: Option<String>,
     netns: Option<PathBuf>,
     cgroup: Option<PathBuf>,
     #[serde(default = "defaults::yes")]
@@ -353,7 +374,7 @@ impl TryFrom<RawWorkload> for Workload {
         if raw.name.is_empty() {
             return Err("name: must not be empty".into());
         }
-        if raw.enrolled {
+        if raw.enrolled && raw.node.is_none() {
             let netns = raw
                 .netns
                 .as_ref()
@@ -402,6 +423,7 @@ impl TryFrom<RawWorkload> for Workload {
             service_account: raw.service_account,
             labels: raw.labels,
             ips: raw.ips,
+            node: raw.node,
             netns: raw.netns,
             cgroup: raw.cgroup,
             enrolled: raw.enrolled,

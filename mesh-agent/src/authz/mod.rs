@@ -1,0 +1,1 @@
+//! Inbound authorization: policy evaluation (being written).

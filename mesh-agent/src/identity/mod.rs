@@ -1,0 +1,1 @@
+//! Workload identities: SPIFFE IDs, certificates, TLS configs (being written).
