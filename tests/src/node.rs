@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 /// Owns every pod it made; dropping it tears all of them down, even during a panic.
 pub struct Node {
     prefix: String,
-    netns: NetNs,
+    pub(crate) netns: NetNs,
     subnet: u8,
     test_cgroup: PathBuf,
     workdir: PathBuf,
@@ -113,8 +113,25 @@ impl Node {
         Ipv6Addr::new(0xfd77, 0, 0, u16::from(self.subnet), 0, 0, 0, 1)
     }
 
-    /// Adds a pod: netns `<prefix>-<name>`, `eth0` with 10.77.S.N/24 and fd77::S:0:0:0:N/64
-    /// bridged to the node, and cgroup `<pods_cgroup>/<name>`.
+    /// The pods' IPv4 subnet, `10.77.S.0/24`.
+    pub fn pod_subnet(&self) -> String {
+        format!("10.77.{}.0/24", self.subnet)
+    }
+
+    /// The pods' IPv6 subnet, `fd77:0:0:S::/64`.
+    pub fn pod_subnet6(&self) -> String {
+        format!("fd77:0:0:{:x}::/64", self.subnet)
+    }
+
+    /// `S` of this node's subnets: unique among the nodes of this process.
+    pub fn subnet(&self) -> u8 {
+        self.subnet
+    }
+
+    /// Adds a pod: netns `<prefix>-<name>`, `eth0` with 10.77.S.N/24 and fd77:0:0:S::N/64
+    /// bridged to the node, default routes (both families) via the node's `br0`, and cgroup
+    /// `<pods_cgroup>/<name>`. The default routes only matter once the node is linked to
+    /// another (`crate::cluster`): until then the node forwards nothing.
     pub fn add_pod(&self, name: &str) -> Result<Pod> {
         ensure!(
             !name.is_empty()
@@ -173,6 +190,21 @@ impl Node {
             "nodad",
         ])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.gateway().to_string(),
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.gateway6().to_string(),
+        ])?;
         std::fs::create_dir(&inner.cgroup)
             .with_context(|| format!("mkdir {}", inner.cgroup.display()))?;
         Ok(Pod { inner })

@@ -12,6 +12,12 @@ pub fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i >> 8) as u8
 }
 
+/// Bytes `start..start + len` of the pattern: a needle to look for on the wire (every
+/// payload, both ways, is the pattern from byte 0 on).
+pub fn pattern_bytes(start: u64, len: usize) -> Vec<u8> {
+    (start..start + len as u64).map(pattern).collect()
+}
+
 /// FNV-1a, 64 bit.
 #[derive(Clone, Copy)]
 pub struct Fnv(pub u64);
