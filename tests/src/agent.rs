@@ -2,6 +2,7 @@
 //! and a teardown that kills it by pid and runs `mesh-agent cleanup`.
 
 use crate::http::{self, Response};
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::mode::Mode;
 use crate::node::Node;
@@ -39,7 +40,17 @@ pub struct AgentConfig {
     /// `None`: the agent's default (`auto`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect: Option<RedirectConfig>,
+    /// Certificates for the mesh tunnel; `None`: mTLS off on this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
     pub workloads: Vec<Workload>,
+    /// Istio-shaped `AuthorizationPolicy` objects (`name`, `namespace`, `selector`,
+    /// `action`, `rules`), written inline with `serde_json::json!`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<serde_json::Value>,
+    /// Istio-shaped `PeerAuthentication` objects (`name`, `namespace`, `selector`, `mtls`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -60,7 +71,14 @@ pub struct Workload {
     pub name: String,
     pub namespace: String,
     pub service_account: String,
+    /// What policies' `selector.matchLabels` match.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub ips: Vec<String>,
+    /// The node the pod runs on; `None`: this node. Enrolled on another node means in the
+    /// mesh but captured there: connections to it go through the tunnel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,7 +103,9 @@ impl Workload {
             name: pod.name().to_string(),
             namespace: "default".into(),
             service_account: "default".into(),
+            labels: BTreeMap::new(),
             ips: vec![pod.ip().to_string(), pod.ip6().to_string()],
+            node: None,
             netns: Some(pod.netns_path()),
             cgroup: Some(pod.cgroup().to_path_buf()),
             enrolled: true,
@@ -104,6 +124,52 @@ impl Workload {
             cgroup: None,
             ..Workload::enrolled(pod)
         }
+    }
+
+    /// An enrolled pod of another node (`node`: that node's name, e.g. [`Node::name`]): in
+    /// the mesh, captured there, reached from here through the tunnel.
+    pub fn remote(pod: &Pod, node: &str) -> Workload {
+        Workload::enrolled(pod).on_node(node)
+    }
+
+    /// Places this workload on another node: `node` set, no netns or cgroup here.
+    pub fn on_node(mut self, node: &str) -> Workload {
+        self.node = Some(node.to_string());
+        self.netns = None;
+        self.cgroup = None;
+        self
+    }
+
+    pub fn namespace(mut self, namespace: &str) -> Workload {
+        self.namespace = namespace.to_string();
+        self
+    }
+
+    pub fn service_account(mut self, service_account: &str) -> Workload {
+        self.service_account = service_account.to_string();
+        self
+    }
+
+    /// Adds labels (`selector.matchLabels` of policies match them).
+    pub fn labels(mut self, labels: &[(&str, &str)]) -> Workload {
+        self.labels
+            .extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// How policies name this workload: `cluster.local/ns/<ns>/sa/<sa>`.
+    pub fn principal(&self) -> String {
+        crate::identity::principal(&self.namespace, &self.service_account)
+    }
+
+    /// Its SPIFFE ID, as certificates and metrics carry it.
+    pub fn spiffe_id(&self) -> String {
+        crate::identity::spiffe_id(&self.namespace, &self.service_account)
+    }
+
+    /// Whether this node captures it: enrolled, and not placed on another node.
+    pub fn captured_on(&self, node: &str) -> bool {
+        self.enrolled && self.node.as_deref().is_none_or(|n| n == node)
     }
 
     pub fn exclude_ports(mut self, ports: &[u16]) -> Workload {
@@ -143,8 +209,41 @@ impl AgentConfig {
                 idle_timeout: "1h".into(),
             }),
             redirect: None,
+            identity: None,
             workloads: Vec::new(),
+            authorization_policies: Vec::new(),
+            peer_authentications: Vec::new(),
         }
+    }
+
+    /// Turns mTLS on: the `identity:` section (e.g. [`crate::identity::TestCa::identity`]).
+    pub fn identity(mut self, identity: Identity) -> AgentConfig {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Adds an Istio-shaped `AuthorizationPolicy` (see [`AgentConfig::authorization_policies`]).
+    pub fn authorization_policy(mut self, policy: serde_json::Value) -> AgentConfig {
+        self.authorization_policies.push(policy);
+        self
+    }
+
+    /// Adds an Istio-shaped `PeerAuthentication`.
+    pub fn peer_authentication(mut self, policy: serde_json::Value) -> AgentConfig {
+        self.peer_authentications.push(policy);
+        self
+    }
+
+    /// Drops every authorization policy and peer authentication.
+    pub fn without_policies(mut self) -> AgentConfig {
+        self.authorization_policies.clear();
+        self.peer_authentications.clear();
+        self
+    }
+
+    /// The workload called `name` (the first, if several share it).
+    pub fn workload(&self, name: &str) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.name == name)
     }
 
     /// Forces the node's redirect mode (instead of `auto`).
@@ -165,9 +264,10 @@ impl AgentConfig {
     }
 
     /// The mode steering pod `name`: its override or the node's; `None` when it is not
-    /// enrolled. The node mode must be explicit (see [`AgentConfig::mode`]).
+    /// enrolled on this node. The node mode must be explicit (see [`AgentConfig::mode`]).
     pub fn mode_of(&self, name: &str) -> Result<Option<Mode>> {
-        let Some(w) = self.workloads.iter().find(|w| w.name == name && w.enrolled) else {
+        let here = |w: &&Workload| w.name == name && w.captured_on(&self.node);
+        let Some(w) = self.workloads.iter().find(here) else {
             return Ok(None);
         };
         let node = self.redirect.as_ref().map(|r| r.mode);
@@ -202,6 +302,7 @@ pub struct Agent<'n> {
     config: AgentConfig,
     config_path: PathBuf,
     log_path: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -219,27 +320,47 @@ impl<'n> Agent<'n> {
         config: AgentConfig,
         env: &[(&str, &str)],
     ) -> Result<Agent<'n>> {
-        let bin = crate::agent_bin()?;
-        let config_path = node.workdir().join("agent.yaml");
-        let log_path = node.workdir().join("agent.log");
-        write_config(&config_path, &config)?;
-        let log = File::options().create(true).append(true).open(&log_path)?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("run").arg("--config").arg(&config_path);
+        let mut agent = Agent {
+            node,
+            bin: crate::agent_bin()?,
+            config,
+            config_path: node.workdir().join("agent.yaml"),
+            log_path: node.workdir().join("agent.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        agent.launch()?;
+        Ok(agent)
+    }
+
+    /// Writes the config and starts the process as [`Agent::start`] says. Once the child
+    /// exists, a failure leaves it to Drop (kill and `mesh-agent cleanup`).
+    fn launch(&mut self) -> Result<()> {
+        write_config(&self.config_path, &self.config)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("run").arg("--config").arg(&self.config_path);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        cmd.envs(env.iter().copied());
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let node = self.node;
         let procs = File::options()
             .write(true)
             .open(node.agent_cgroup().join("cgroup.procs"))?;
         crate::pod::enter(&mut cmd, File::open(node.netns_path())?, Some(procs));
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
+            .with_context(|| format!("spawning {}", self.bin.display()))?;
         // The agent must not share a cgroup with other tests' agents (see `crate::node`).
         let want = node.agent_cgroup();
         let got = crate::cgroup::cgroup_of(child.id()).map(|rel| {
@@ -247,26 +368,27 @@ impl<'n> Agent<'n> {
                 .unwrap_or_default()
                 .join(rel.trim_start_matches('/'))
         });
-        let mut agent = Agent {
-            node,
-            bin,
-            config,
-            config_path,
-            log_path,
-            child: Some(child),
-        };
+        self.child = Some(child);
         ensure!(
             got.as_ref().is_ok_and(|g| *g == want),
             "agent runs in cgroup {got:?}, not {}",
             want.display()
         );
-        agent.wait_ready(Duration::from_secs(30))?;
-        let log = agent.log();
+        self.wait_ready(Duration::from_secs(30))?;
+        let log = self.log();
         ensure!(
             !log.contains(OUTSIDE_ROOT_WARNING),
             "the agent says it runs outside cgroupRoot; log:\n{log}"
         );
-        Ok(agent)
+        Ok(())
+    }
+
+    /// Stops the agent if it runs ([`Agent::stop`]: SIGKILL and `mesh-agent cleanup`) and
+    /// starts it again with `config`, as a crashed or upgraded DaemonSet pod comes back.
+    pub fn restart(&mut self, config: AgentConfig) -> Result<()> {
+        self.stop()?;
+        self.config = config;
+        self.launch()
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -326,6 +448,30 @@ impl<'n> Agent<'n> {
     pub fn get(&self, addr: &str, path: &str) -> Result<Response> {
         let addr: SocketAddr = addr.parse()?;
         http::get(&self.node.netns_path(), addr, path, Duration::from_secs(5))
+    }
+
+    /// `POST http://<addr><path>` (empty body) from inside the node netns.
+    pub fn post(&self, addr: &str, path: &str) -> Result<Response> {
+        let addr: SocketAddr = addr.parse()?;
+        http::request(
+            &self.node.netns_path(),
+            "POST",
+            addr,
+            path,
+            Duration::from_secs(5),
+        )
+    }
+
+    /// POST that must answer 2xx; returns the body.
+    pub fn post_ok(&self, addr: &str, path: &str) -> Result<String> {
+        let r = self.post(addr, path)?;
+        ensure!(
+            (200..300).contains(&r.status),
+            "POST {addr}{path}: status {}: {}",
+            r.status,
+            r.body
+        );
+        Ok(r.body)
     }
 
     /// GET that must answer 200.
@@ -412,6 +558,39 @@ impl<'n> Agent<'n> {
         Ok(())
     }
 
+    /// [`Agent::reload`], then waits (up to 5 s) until `/config_dump` shows the new
+    /// workloads, authorization policies and peer authentications in force: every field
+    /// written is there with the value written (the agent adds its defaults). A workload
+    /// placed on this node by name is shown without `node`, as the agent does.
+    pub fn reload_applied(&mut self, config: AgentConfig) -> Result<()> {
+        self.reload(config)?;
+        let mut want = serde_json::to_value(&self.config)?;
+        for w in want["workloads"].as_array_mut().into_iter().flatten() {
+            if w["node"] == self.config.node.as_str()
+                && let Some(w) = w.as_object_mut()
+            {
+                w.remove("node");
+            }
+        }
+        let sections = ["workloads", "authorizationPolicies", "peerAuthentications"];
+        crate::poll_until(
+            Duration::from_secs(5),
+            "the agent applies the reloaded config",
+            || {
+                let dump = self.config_dump()?;
+                let applied = sections.iter().all(|k| {
+                    let want = want
+                        .get(*k)
+                        .cloned()
+                        .unwrap_or_else(|| serde_json::json!([]));
+                    includes(&dump["config"][*k], &want)
+                });
+                Ok(applied.then_some(()))
+            },
+        )
+        .with_context(|| format!("log:\n{}", self.log_tail(30)))
+    }
+
     /// Kills the agent by pid (SIGKILL, as a crash would), then runs `mesh-agent cleanup`.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -489,9 +668,84 @@ pub fn delta(
     Ok(a as i64 - b as i64)
 }
 
+/// Whether `have` holds everything `want` does: objects by key (extra keys allowed), arrays
+/// element by element (same length), numbers by value, the rest equal.
+fn includes(have: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| includes(hv, v))),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(a, b)| includes(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => have == want,
+    }
+}
+
 fn write_config(path: &Path, config: &AgentConfig) -> Result<()> {
     let text = serde_yaml_ng::to_string(config)?;
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn includes_what_was_written_and_tolerates_defaults() {
+        let have = json!([{"name": "p", "action": "DENY", "selector": null, "rules": [
+            {"from": [{"source": {"principals": ["a"], "notPrincipals": null}}], "to": []}
+        ]}]);
+        let want = json!([{"name": "p", "action": "DENY", "rules": [
+            {"from": [{"source": {"principals": ["a"]}}]}
+        ]}]);
+        assert!(includes(&have, &want));
+        assert!(!includes(&have, &json!([{"name": "p", "action": "ALLOW"}])));
+        assert!(!includes(&have, &json!([])));
+        assert!(includes(&json!({"n": 8080}), &json!({"n": 8080.0})));
+    }
+
+    #[test]
+    fn new_fields_stay_out_of_the_yaml_until_set() {
+        let w = Workload {
+            name: "a".into(),
+            namespace: "default".into(),
+            service_account: "default".into(),
+            labels: BTreeMap::new(),
+            ips: vec!["10.77.0.2".into()],
+            node: None,
+            netns: None,
+            cgroup: None,
+            enrolled: false,
+            redirect_mode: None,
+            exclude_ports: Vec::new(),
+            exclude_cidrs: Vec::new(),
+            exclude_inbound_ports: Vec::new(),
+        };
+        let yaml = serde_yaml_ng::to_string(&w).unwrap();
+        assert!(!yaml.contains("labels") && !yaml.contains("node"), "{yaml}");
+        let w = w
+            .labels(&[("app", "b")])
+            .service_account("sa-b")
+            .on_node("node-2");
+        let v = serde_json::to_value(&w).unwrap();
+        assert_eq!(v["labels"], json!({"app": "b"}));
+        assert_eq!(
+            (v["node"].as_str(), v["enrolled"].as_bool()),
+            (Some("node-2"), Some(false))
+        );
+        assert_eq!(w.principal(), "cluster.local/ns/default/sa/sa-b");
+        assert_eq!(w.spiffe_id(), "spiffe://cluster.local/ns/default/sa/sa-b");
+        let id = crate::identity::Identity::ca(Path::new("/ca")).certificate_ttl("1h");
+        let v = serde_json::to_value(&id).unwrap();
+        assert_eq!(
+            v,
+            json!({"trustDomain": "cluster.local", "ca": {"dir": "/ca", "certificateTtl": "1h"}})
+        );
+    }
 }

@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 GET, issued from a thread inside a given netns: enough for the agent's
-//! admin, metrics and readiness endpoints without pulling in a client library.
+//! A minimal HTTP/1.1 client (GET, and POST without a body), issued from a thread inside a
+//! given netns: enough for the agent's admin, metrics and readiness endpoints without pulling
+//! in a client library.
 
 use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
@@ -15,6 +16,17 @@ pub struct Response {
 
 /// `GET http://<addr><path>` from inside the netns at `netns`.
 pub fn get(netns: &Path, addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+    request(netns, "GET", addr, path, timeout)
+}
+
+/// `<method> http://<addr><path>` with an empty body, from inside the netns at `netns`.
+pub fn request(
+    netns: &Path,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<Response> {
     crate::netns::run_in(netns, || {
         let mut s = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connect {addr}"))?;
@@ -22,12 +34,13 @@ pub fn get(netns: &Path, addr: SocketAddr, path: &str, timeout: Duration) -> Res
         s.set_write_timeout(Some(timeout))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\
+             Content-Length: 0\r\n\r\n"
         )?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)
-            .with_context(|| format!("reading response from {addr}{path}"))?;
-        parse(&raw).with_context(|| format!("response from {addr}{path}"))
+            .with_context(|| format!("reading response from {method} {addr}{path}"))?;
+        parse(&raw).with_context(|| format!("response from {method} {addr}{path}"))
     })
 }
 
