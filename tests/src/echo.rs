@@ -2,10 +2,13 @@
 //! config under it: an echo server bound inside one pod's netns and a client socket opened
 //! inside another's, both owned by the test process (so neither belongs to a pod cgroup:
 //! only netns-wide steering, netfilter rules or `sk_lookup`, sees them).
+//!
+//! Where the client must be captured leaving its pod in every mode (eBPF captures by cgroup),
+//! [`PodEchoClient`] holds the connection in a `sluice-testapp hold` process inside the pod.
 
 use crate::pod::Pod;
-use crate::proc::lock;
-use anyhow::Result;
+use crate::proc::{Proc, lock};
+use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,5 +86,63 @@ impl EchoClient {
         let mut got = vec![0u8; word.len()];
         self.conn.read_exact(&mut got)?;
         Ok(got)
+    }
+}
+
+/// A connection to an [`EchoServer`] held by `sluice-testapp hold` inside a pod (its netns
+/// and cgroup), so every redirect mode captures it as the pod's own.
+pub struct PodEchoClient {
+    proc: Proc,
+    next: u64,
+}
+
+impl PodEchoClient {
+    /// Connects from `pod` to `target`; fails if the connect does.
+    pub fn connect(pod: &Pod, target: SocketAddr) -> Result<PodEchoClient> {
+        let mut cmd = pod.command(&pod.inner.testapp)?;
+        cmd.args(["hold", &target.to_string()]);
+        let proc = Proc::spawn_with_stdin(&format!("hold {target} from {}", pod.name()), cmd)?;
+        let line = proc.wait_line(Duration::from_secs(10), |l| {
+            l.starts_with("CONNECTED ") || l.starts_with("CLOSED ")
+        })?;
+        if line.starts_with("CLOSED ") {
+            bail!("hold {target} from {}: {line}", pod.name());
+        }
+        Ok(PodEchoClient { proc, next: 0 })
+    }
+
+    /// Sends a word and waits for it to come back; fails once the connection is closed
+    /// ([`PodEchoClient::closed`] then says how).
+    pub fn echo(&mut self, word: &str) -> Result<()> {
+        if let Some(how) = self.closed() {
+            bail!("connection already closed: {how}");
+        }
+        self.next += 1;
+        let line = format!("{}-{word}", self.next);
+        self.proc.send_line(&line)?;
+        let want = format!("ECHO {line}");
+        let got = self
+            .proc
+            .wait_line(Duration::from_secs(10), |l| {
+                l == want || l.starts_with("CLOSED ")
+            })
+            .context("no echo")?;
+        if got != want {
+            bail!("connection closed: {got}");
+        }
+        Ok(())
+    }
+
+    /// How the connection ended (`reset`, `eof`, `timeout`, ...), once it has.
+    pub fn closed(&self) -> Option<String> {
+        self.proc.lines().iter().find_map(|l| {
+            let rest = l.strip_prefix("CLOSED ")?;
+            Some(
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
     }
 }

@@ -1,8 +1,8 @@
 //! Guards for processes a test started: killed by pid and reaped on drop, even on panic.
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,14 +17,37 @@ struct Lines {
 pub struct Proc {
     label: String,
     child: Child,
+    /// Open when spawned with [`Proc::spawn_with_stdin`].
+    stdin: Option<ChildStdin>,
     out: Arc<Lines>,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Proc {
     /// Spawns `cmd` with stdout and stderr captured.
-    pub fn spawn(label: &str, mut cmd: Command) -> Result<Proc> {
-        cmd.stdin(Stdio::null())
+    pub fn spawn(label: &str, cmd: Command) -> Result<Proc> {
+        Proc::spawn_inner(label, cmd, Stdio::null())
+    }
+
+    /// [`Proc::spawn`] with a pipe to its stdin, fed by [`Proc::send_line`].
+    pub fn spawn_with_stdin(label: &str, cmd: Command) -> Result<Proc> {
+        Proc::spawn_inner(label, cmd, Stdio::piped())
+    }
+
+    /// Writes `line` and a newline to the child's stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .with_context(|| format!("{} has no stdin pipe", self.label))?;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("writing to {}", self.label))
+    }
+
+    fn spawn_inner(label: &str, mut cmd: Command, stdin: Stdio) -> Result<Proc> {
+        cmd.stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
@@ -58,6 +81,7 @@ impl Proc {
         }
         Ok(Proc {
             label: label.to_string(),
+            stdin: child.stdin.take(),
             child,
             out,
             stderr,

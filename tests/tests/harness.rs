@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use tests::echo::{EchoServer, PodEchoClient};
 use tests::link_capture::{TLS_APPLICATION_DATA, TLS_HANDSHAKE};
 use tests::wire::pattern_bytes;
 use tests::{DialOpts, Node, cgroup, cluster};
@@ -57,6 +58,28 @@ fn dial_reports_refused_and_concurrency() {
     assert_eq!(report.results.len(), 50);
     assert!(report.results.iter().all(|r| r.is_ok()), "{report:?}");
     assert_eq!(server.accepted().len(), 50);
+}
+
+/// A connection held by a process in the pod echoes words until it is closed, and a
+/// refused connect is reported as such.
+#[test]
+fn a_pod_holds_an_echo_connection() {
+    let node = Node::new().unwrap();
+    let [a, b] = node.add_pods(["a", "b"]).unwrap();
+    let target = SocketAddr::new(b.ip().into(), 9090);
+    let server = EchoServer::start(&b, target).unwrap();
+    let mut conn = PodEchoClient::connect(&a, target).unwrap();
+    conn.echo("one").unwrap();
+    conn.echo("two").unwrap();
+    assert_eq!(conn.closed(), None);
+    let peers = server.peers();
+    assert!(
+        peers.len() == 1 && peers[0].ip() == IpAddr::from(a.ip()),
+        "{peers:?}"
+    );
+    let refused = PodEchoClient::connect(&a, SocketAddr::new(b.ip().into(), 9091));
+    let err = format!("{:#}", refused.err().expect("connect to a closed port"));
+    assert!(err.contains("CLOSED refused"), "{err}");
 }
 
 #[test]

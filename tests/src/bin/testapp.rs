@@ -9,6 +9,11 @@
 //! `tests::wire`. `dial ADDR [--bytes N] [--recv-bytes M] [--count C] [--concurrency K]
 //! [--barrier] [--timeout-ms T] [--mark M]` prints one JSON line (`tests::wire::DialReport`)
 //! and exits 0 whatever the connections did: judging them is the test's job.
+//! `hold ADDR [--timeout-ms T]` keeps one connection open for a test that changes the mesh
+//! under it (`tests::echo::PodEchoClient`): it prints `CONNECTED local=<a> peer=<b>`, then
+//! sends each stdin line (and its newline) and prints `ECHO <line>` once the same bytes came
+//! back; when the connection fails it prints `CLOSED <result> <error>` (`result` as `dial`
+//! classifies it, `eof` when the peer closed) and exits.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -25,7 +30,10 @@ fn main() {
     let res = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("dial") => dial(&args[1..]),
-        _ => Err("usage: sluice-testapp serve --port P | dial ADDR [options]".to_string()),
+        Some("hold") => hold(&args[1..]),
+        _ => Err(
+            "usage: sluice-testapp serve --port P | dial ADDR [options] | hold ADDR".to_string(),
+        ),
     };
     if let Err(e) = res {
         eprintln!("sluice-testapp: {e}");
@@ -290,6 +298,51 @@ fn exchange(s: &TcpStream, spec: &DialSpec, r: &mut ConnResult) -> io::Result<()
         r.received += n as u64;
     }
     r.recv_ok = in_pattern && r.received == spec.recv;
+    Ok(())
+}
+
+/// `hold`: one long-lived echo connection driven by stdin (see the module doc).
+fn hold(args: &[String]) -> Result<(), String> {
+    let target_s = args.first().ok_or("hold needs an address")?;
+    let target: SocketAddr = target_s
+        .parse()
+        .map_err(|_| format!("bad address {target_s}"))?;
+    let timeout = Duration::from_millis(num(args, "--timeout-ms", 5000)?);
+    let closed = |e: io::Error| println!("CLOSED {} {e}", classify(&e));
+    let conn = match TcpStream::connect_timeout(&target, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            closed(e);
+            return Ok(());
+        }
+    };
+    let show = |a: io::Result<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    println!(
+        "CONNECTED local={} peer={}",
+        show(conn.local_addr()),
+        show(conn.peer_addr())
+    );
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    for line in io::stdin().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let sent = format!("{line}\n");
+        let mut back = vec![0u8; sent.len()];
+        let echoed = (&conn)
+            .write_all(sent.as_bytes())
+            .and_then(|()| (&conn).read_exact(&mut back));
+        match echoed {
+            Ok(()) if back == sent.as_bytes() => println!("ECHO {line}"),
+            Ok(()) => {
+                println!("CLOSED error echoed {:?}", String::from_utf8_lossy(&back));
+                return Ok(());
+            }
+            Err(e) => {
+                closed(e);
+                return Ok(());
+            }
+        }
+    }
     Ok(())
 }
 
