@@ -19,8 +19,28 @@ pub struct TcpLabels {
     pub source_principal: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
+    pub destination_principal: String,
     pub request_protocol: &'static str,
+    /// `mutual_tls` through the tunnel, `none` for plain TCP.
     pub connection_security_policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `client` (dialling a tunnel) or `server` (accepting one on 15008).
+    pub side: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// `new` when the stream opened a tunnel, `pooled` when it reused one.
+    pub tunnel: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +75,11 @@ pub struct Metrics {
     pub config_reloads: Counter,
     pub config_rejections: Counter,
     pub enroll_failures: Counter,
+    authz_denied: Family<ReasonLabels, Counter>,
+    pub tunnels_opened: Counter,
+    pub tunnels_active: Gauge,
+    tunnel_streams: Family<StreamLabels, Counter>,
+    handshake_failures: Family<HandshakeLabels, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +96,11 @@ impl Metrics {
             config_reloads: Counter::default(),
             config_rejections: Counter::default(),
             enroll_failures: Counter::default(),
+            authz_denied: Family::default(),
+            tunnels_opened: Counter::default(),
+            tunnels_active: Gauge::default(),
+            tunnel_streams: Family::default(),
+            handshake_failures: Family::default(),
         };
         registry.register(
             "istio_tcp_connections_opened",
@@ -117,6 +147,31 @@ impl Metrics {
             "Pods that could not be enrolled",
             m.enroll_failures.clone(),
         );
+        registry.register(
+            "sluice_authz_denied",
+            "Inbound connections refused by policy, by reason",
+            m.authz_denied.clone(),
+        );
+        registry.register(
+            "sluice_hbone_tunnels_opened",
+            "Mesh tunnels (TLS + HTTP/2 connections) this node dialled",
+            m.tunnels_opened.clone(),
+        );
+        registry.register(
+            "sluice_hbone_tunnels_active",
+            "Mesh tunnels this node dialled that are open now",
+            m.tunnels_active.clone(),
+        );
+        registry.register(
+            "sluice_hbone_streams",
+            "Connections carried as a stream in a mesh tunnel, on a new or a pooled tunnel",
+            m.tunnel_streams.clone(),
+        );
+        registry.register(
+            "sluice_hbone_handshake_failures",
+            "Mesh tunnels that could not be set up, by side and reason",
+            m.handshake_failures.clone(),
+        );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         Arc::new(m)
     }
@@ -145,6 +200,25 @@ impl Metrics {
         }
     }
 
+    pub fn authz_denied(&self, reason: &'static str) {
+        self.authz_denied
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn tunnel_stream(&self, pooled: bool) {
+        let tunnel = if pooled { "pooled" } else { "new" };
+        self.tunnel_streams
+            .get_or_create(&StreamLabels { tunnel })
+            .inc();
+    }
+
+    pub fn handshake_failed(&self, side: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels { side, reason })
+            .inc();
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -170,6 +244,7 @@ mod tests {
             source_principal: "spiffe://cluster.local/ns/ns/sa/default".into(),
             destination_workload: "b".into(),
             destination_workload_namespace: "ns".into(),
+            destination_principal: "unknown".into(),
             request_protocol: "tcp",
             connection_security_policy: "none",
         };

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use self::http::Response;
 use crate::{
     config::{Config, RedirectMode},
+    identity::Identities,
     logging::LogControl,
     metrics::Metrics,
     redirect::router::Router,
@@ -32,6 +33,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The captured pods as JSON (owned by the layer that enrolls them).
     pub pods: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Workload certificates; `None` with mTLS off.
+    pub identities: Option<Arc<Identities>>,
 }
 
 /// Binds all three endpoints (failing at start if a port is taken) and serves them.
@@ -68,7 +71,8 @@ fn admin(state: &AdminState, method: &Method, path: &str, query: Option<&str>) -
             "/config_dump     configuration in force, redirect mode and why, captured pods\n\
              /debug/ebpf      eBPF steering: counters, enrollment and connection maps\n\
              /debug/redirect  every redirect mode running here\n\
-             /logging       GET: current filter; POST ?level=<filter>: change it\n",
+             /logging         GET: current filter; POST ?level=<filter>: change it\n\
+             /identity/rotate POST: reissue every workload certificate now\n",
         ),
         (&Method::GET, "/config_dump") => {
             let config = state.config.borrow().clone();
@@ -80,8 +84,19 @@ fn admin(state: &AdminState, method: &Method, path: &str, query: Option<&str>) -
                     "running": state.redirect.modes().collect::<Vec<_>>(),
                 },
                 "capturedPods": (state.pods)(),
+                "identity": state.identities.as_ref().map_or_else(
+                    || serde_json::json!("off: no identity section, mTLS is not used"),
+                    |ids| ids.dump(),
+                ),
             }))
         }
+        (&Method::POST, "/identity/rotate") => match &state.identities {
+            Some(ids) => {
+                ids.rotate_now();
+                Response::json(&ids.dump())
+            }
+            None => Response::text(StatusCode::NOT_FOUND, "mTLS is off on this node\n"),
+        },
         (&Method::GET, "/debug/ebpf") => match state.redirect.mode_dump(RedirectMode::Ebpf) {
             Some(dump) => Response::json(&dump),
             None => Response::text(

@@ -156,6 +156,11 @@ impl Enrollment {
             netns,
             outbound: listeners,
             inbound,
+            tunnel: if self.proxy.mesh.is_some() {
+                pod::tunnel_listeners(ipv6.is_some())
+            } else {
+                Vec::new()
+            },
             exemption: Arc::new(RouterExemption {
                 router: self.redirect.clone(),
                 mode,

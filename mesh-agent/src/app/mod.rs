@@ -21,6 +21,7 @@ use crate::{
     admin::{self, AdminState, RedirectCounters},
     check,
     config::{Config, ConfigSource, FileSource, ModeSetting, RedirectMode},
+    identity::Identities,
     logging::LogControl,
     metrics::Metrics,
     proxy::ProxyContext,
@@ -60,7 +61,16 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     metrics.register_collector(Box::new(RedirectCounters(redirect.clone())));
     metrics.set_redirect_mode(node_mode.as_str());
 
-    let proxy = ProxyContext::new(metrics.clone(), &config);
+    let identities = match &config.identity {
+        Some(settings) => Some(Identities::start(settings).context("loading workload identities")?),
+        None => {
+            warn!(
+                "no identity section: mTLS is off, connections between enrolled pods are plain TCP"
+            );
+            None
+        }
+    };
+    let proxy = ProxyContext::new(metrics.clone(), &config, identities.clone());
     let mut enrollment = Enrollment::new(redirect.clone(), proxy.clone(), metrics.clone());
     enrollment.reconcile(&config).await;
     enrollment.drop_stale_steering();
@@ -77,6 +87,7 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
         logs: Arc::new(logs),
         ready: ready.clone(),
         pods: Box::new(move || view.read().unwrap_or_else(|p| p.into_inner()).clone()),
+        identities,
     }))
     .await
     .context("starting the admin, metrics and readiness endpoints")?;
@@ -206,6 +217,7 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
             old.readiness_address != new.readiness_address,
         ),
         ("redirect.mode", old.redirect != new.redirect),
+        ("identity", old.identity != new.identity),
     ];
     for (field, changed) in fields {
         if changed {

@@ -162,14 +162,6 @@ impl Workload {
         }
     }
 
-    /// SPIFFE identity, with the trust domain every standalone node uses for now.
-    pub fn principal(&self) -> String {
-        format!(
-            "spiffe://cluster.local/ns/{}/sa/{}",
-            self.namespace, self.service_account
-        )
-    }
-
     /// Enrolled and running on this node: its traffic is captured here.
     pub fn captured_here(&self) -> bool {
         self.enrolled && self.node.is_none()

@@ -14,6 +14,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd},
+    sync::Arc,
     time::Duration,
 };
 
@@ -50,13 +51,13 @@ pub trait SteeringExemption: Send + Sync {
 }
 
 /// A delivery's exemption, ended when dropped: keep it as long as the connection lives.
-pub struct Exempted<'a> {
-    exemption: &'a dyn SteeringExemption,
+pub struct Exempted {
+    exemption: Arc<dyn SteeringExemption>,
     from: SocketAddr,
     to: SocketAddr,
 }
 
-impl Drop for Exempted<'_> {
+impl Drop for Exempted {
     fn drop(&mut self) {
         self.exemption.end(self.from, self.to);
     }
@@ -124,13 +125,13 @@ pub fn prepare_netns(netns: &Netns, ipv6: bool) -> Result<(), PrepareError> {
 
 /// Connects to the app at `app` from the client's address, inside the pod's netns. The
 /// connection stays exempt from the pod's steering until the returned guard is dropped.
-pub async fn connect<'a>(
+pub async fn connect(
     netns: &Netns,
     client: SocketAddr,
     app: SocketAddr,
     timeout: Duration,
-    exemption: &'a dyn SteeringExemption,
-) -> io::Result<(TcpStream, Exempted<'a>)> {
+    exemption: Arc<dyn SteeringExemption>,
+) -> io::Result<(TcpStream, Exempted)> {
     let socket = netns
         .run(|| transparent_socket(client))
         .map_err(io::Error::other)??;

@@ -1,22 +1,46 @@
-//! Inbound: a connection to the app in pod P, steered to P's inbound listener, is delivered
-//! to the app from the client's own address (see [`super::delivery`]).
+//! Inbound plaintext: a connection to the app in pod P, steered to P's inbound listener, is
+//! delivered to the app from the client's own address (see [`super::delivery`]) if P's
+//! peer authentication takes plaintext and P's policy allows a caller without identity.
 use std::{io, net::SocketAddr, sync::Arc};
 
 use mesh_common::INBOUND_LISTENER_PORT;
 use tokio::net::TcpStream;
+use tracing::debug;
 
-use super::{ProxyContext, delivery, orig_dst::original_dst, pod::Pod, tcp_labels};
+use super::{Ends, ProxyContext, delivery, l4, orig_dst::original_dst, pod::Pod, tcp_labels};
+use crate::authz::live::OwnedConnection;
 
 pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc<ProxyContext>) {
     let Some(dst) = super::destination_or_reset(&client, &pod, destination) else {
         return;
     };
+    if ctx.strict(&pod.workload) {
+        debug!(%dst, "plaintext to a STRICT workload; refusing");
+        ctx.metrics.authz_denied("plaintext_strict");
+        l4::reset(&client);
+        return;
+    }
+    // Registered before the check, so a policy change between the two still sees it.
+    let live = ctx.live.register(OwnedConnection {
+        destination: pod.workload.key(),
+        destination_port: dst.port(),
+        source_ip: peer.ip(),
+        source_principal: None,
+        source_namespace: None,
+    });
+    if !ctx.authorize(&live.connection().connection(&pod.workload)) {
+        l4::reset(&client);
+        return;
+    }
     let workloads = ctx.workloads();
-    let labels = tcp_labels(
-        "destination",
-        workloads.by_ip(peer.ip()).map(AsRef::as_ref),
-        Some(&pod.workload),
-    );
+    let labels = tcp_labels(&Ends {
+        reporter: "destination",
+        source: workloads.by_ip(peer.ip()).map(AsRef::as_ref),
+        source_principal: None,
+        destination: Some(&pod.workload),
+        destination_principal: ctx.principal_of(&pod.workload),
+        mutual_tls: false,
+    });
     let counters = ctx.metrics.connection_opened(&labels);
     let settings = ctx.settings();
     let delivered = delivery::connect(
@@ -24,14 +48,15 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc
         peer,
         dst,
         settings.connect_timeout,
-        pod.exemption.as_ref(),
+        pod.exemption.clone(),
     )
     .await;
     let (app, _exempted) = match delivered {
         Ok((app, exempted)) => (Ok(app), Some(exempted)),
         Err(e) => (Err(e), None),
     };
-    super::relay_or_reset(&ctx, client, app, dst, &counters, settings.idle_timeout).await;
+    let idle = settings.idle_timeout;
+    super::relay_or_reset(&ctx, client, app, dst, &counters, idle, live.revoked()).await;
 }
 
 /// Steering without NAT (sk_lookup) leaves the original destination as the accepted

@@ -27,9 +27,12 @@ pub enum RelayEnd {
     Closed,
     /// No bytes either way for the idle timeout.
     Idle,
+    /// Ended from outside (a policy no longer allows it).
+    Stopped,
 }
 
-/// Relays until both directions are done, the connection idles out, or a side fails.
+/// Relays until both directions are done, the connection idles out, a side fails, or
+/// `stop` completes (a policy revoked the connection: both sides are reset).
 /// `client` opened the connection, `server` accepted it: `request` counts the bytes from
 /// client to server, `response` those back.
 pub async fn relay(
@@ -38,6 +41,7 @@ pub async fn relay(
     idle_timeout: Duration,
     request: &Counter,
     response: &Counter,
+    stop: impl Future<Output = ()>,
 ) -> io::Result<RelayEnd> {
     let activity = Activity::new();
     let both = async {
@@ -49,6 +53,7 @@ pub async fn relay(
     let end = tokio::select! {
         result = both => result.map(|_| RelayEnd::Closed),
         () = activity.idle_for(idle_timeout) => Ok(RelayEnd::Idle),
+        () = stop => Ok(RelayEnd::Stopped),
     };
     if !matches!(end, Ok(RelayEnd::Closed)) {
         reset(&client);
@@ -111,25 +116,25 @@ async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Last time bytes moved, shared by both directions.
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let now = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(now, Ordering::Relaxed);
     }
 
-    async fn idle_for(&self, timeout: Duration) {
+    pub(super) async fn idle_for(&self, timeout: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let deadline = self.start + last + timeout;
@@ -171,7 +176,17 @@ mod tests {
         let (upstream_side, server) = pair(&listener).await;
         let (request, response) = (Counter::default(), Counter::default());
         let (q, r) = (request.clone(), response.clone());
-        let task = tokio::spawn(async move { relay(app_side, upstream_side, idle, &q, &r).await });
+        let task = tokio::spawn(async move {
+            relay(
+                app_side,
+                upstream_side,
+                idle,
+                &q,
+                &r,
+                std::future::pending(),
+            )
+            .await
+        });
         (client, server, task, request, response)
     }
 

@@ -1,13 +1,16 @@
 //! The node proxy. [`pod`] holds each captured pod's listeners inside its netns. Every
 //! request path is accept → decide → dial → relay: [`outbound`] dials the original
-//! destination from the pod's netns ([`upstream`]), [`inbound`] delivers to the app from
-//! the client's address ([`delivery`]), and [`l4`] relays bytes between the two sockets.
+//! destination from the pod's netns ([`upstream`]) or, for a pod in the mesh, opens a
+//! stream in a [`tunnel`]; [`inbound`] and the tunnel's server deliver to the app from the
+//! client's address ([`delivery`]) once the pod's policy allows it; [`l4`] relays bytes
+//! between the two sockets.
 pub mod delivery;
 pub mod inbound;
 pub mod l4;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pod;
+pub mod tunnel;
 pub mod upstream;
 
 use std::{
@@ -21,39 +24,100 @@ use std::{
 };
 
 use tokio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, info};
 
-use self::pod::Pod;
+use self::{pod::Pod, tunnel::client::Pool};
 use crate::{
+    authz::{Connection, Decision, Policies, live::LiveConnections},
     config::{Config, ProxySettings, Workload},
+    identity::Identities,
     metrics::{ConnectionCounters, Metrics, TcpLabels},
     state::WorkloadIndex,
 };
 
-/// What every connection handler reads: settings and names that follow config reloads.
-#[derive(Debug)]
+/// The mesh's mTLS: present when the config has an `identity` section.
+pub struct Mesh {
+    pub identities: Arc<Identities>,
+    pub pool: Arc<Pool>,
+}
+
+/// What every connection handler reads: settings, names and policies that follow config
+/// reloads, and the mesh's identities.
 pub struct ProxyContext {
     pub metrics: Arc<Metrics>,
+    pub mesh: Option<Mesh>,
+    /// Inbound connections under policy, closed when a new policy no longer allows them.
+    pub live: LiveConnections,
     settings: RwLock<ProxySettings>,
     workloads: RwLock<Arc<WorkloadIndex>>,
+    policies: RwLock<Arc<Policies>>,
     /// Connections finished since start: tells the memory trimmer that memory may be free.
     finished: AtomicU64,
 }
 
 impl ProxyContext {
-    pub fn new(metrics: Arc<Metrics>, config: &Config) -> Arc<Self> {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        config: &Config,
+        identities: Option<Arc<Identities>>,
+    ) -> Arc<Self> {
+        let mesh = identities.map(|identities| Mesh {
+            identities,
+            pool: Pool::start(metrics.clone()),
+        });
         Arc::new(Self {
             metrics,
+            mesh,
+            live: LiveConnections::default(),
             settings: RwLock::new(config.proxy.clone()),
             workloads: RwLock::new(Arc::new(WorkloadIndex::new(config))),
+            policies: RwLock::new(Arc::new(Policies::new(config))),
             finished: AtomicU64::new(0),
         })
     }
 
+    /// Takes a new config version: live connections its policies deny are closed.
     pub fn update(&self, config: &Config) {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = config.proxy.clone();
         *self.workloads.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(WorkloadIndex::new(config));
+        let policies = Arc::new(Policies::new(config));
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = policies.clone();
+        let revoked = self.live.revoke_denied(&policies, config);
+        if revoked > 0 {
+            info!(revoked, "closing connections the new policy denies");
+        }
+    }
+
+    /// The destination pod's policy on a connection; a denial is counted and logged.
+    pub fn authorize(&self, connection: &Connection) -> bool {
+        let policies = self
+            .policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match policies.check(connection) {
+            Decision::Allow => true,
+            Decision::Deny { reason, policy } => {
+                info!(
+                    destination = %connection.destination.key(),
+                    port = connection.destination_port,
+                    source = %connection.source_ip,
+                    principal = connection.source_principal.unwrap_or("none"),
+                    reason = reason.as_str(),
+                    %policy,
+                    "connection denied"
+                );
+                self.metrics.authz_denied(reason.as_str());
+                false
+            }
+        }
+    }
+
+    /// Whether `STRICT` peer authentication refuses plaintext to `destination`.
+    pub fn strict(&self, destination: &Workload) -> bool {
+        let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        policies.mtls_mode(destination) == crate::config::policy::MtlsMode::Strict
     }
 
     pub fn connection_finished(&self) {
@@ -77,31 +141,48 @@ impl ProxyContext {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// The SPIFFE ID a workload runs as, when the mesh has identities.
+    fn principal_of(&self, w: &Workload) -> Option<String> {
+        let mesh = self.mesh.as_ref()?;
+        Some(
+            mesh.identities
+                .id_for(&w.namespace, &w.service_account)
+                .to_string(),
+        )
+    }
 }
 
-/// Istio's TCP labels for a connection between two workloads (`None`: not a known one).
-fn tcp_labels(
+/// Who is at each end of a connection, as far as this proxy knows.
+struct Ends<'a> {
     reporter: &'static str,
-    source: Option<&Workload>,
-    destination: Option<&Workload>,
-) -> TcpLabels {
+    source: Option<&'a Workload>,
+    source_principal: Option<String>,
+    destination: Option<&'a Workload>,
+    destination_principal: Option<String>,
+    mutual_tls: bool,
+}
+
+/// Istio's TCP labels for a connection (`None`: not a known workload or identity).
+fn tcp_labels(ends: &Ends) -> TcpLabels {
     let name = |w: Option<&Workload>| w.map_or_else(|| "unknown".into(), |w| w.name.clone());
     let namespace =
         |w: Option<&Workload>| w.map_or_else(|| "unknown".into(), |w| w.namespace.clone());
+    let principal = |p: &Option<String>| p.clone().unwrap_or_else(|| "unknown".into());
     TcpLabels {
-        reporter,
-        source_workload: name(source),
-        source_workload_namespace: namespace(source),
-        // Only the client's own proxy knows who it is: plaintext proves nothing to the
-        // server's side.
-        source_principal: match (reporter, source) {
-            ("source", Some(w)) => w.principal(),
-            _ => "unknown".into(),
-        },
-        destination_workload: name(destination),
-        destination_workload_namespace: namespace(destination),
+        reporter: ends.reporter,
+        source_workload: name(ends.source),
+        source_workload_namespace: namespace(ends.source),
+        source_principal: principal(&ends.source_principal),
+        destination_workload: name(ends.destination),
+        destination_workload_namespace: namespace(ends.destination),
+        destination_principal: principal(&ends.destination_principal),
         request_protocol: "tcp",
-        connection_security_policy: "none",
+        connection_security_policy: if ends.mutual_tls {
+            "mutual_tls"
+        } else {
+            "none"
+        },
     }
 }
 
@@ -134,13 +215,14 @@ async fn relay_or_reset(
     dst: SocketAddr,
     counters: &ConnectionCounters,
     idle: Duration,
+    stop: impl Future<Output = ()>,
 ) {
     match dialled {
         Ok(dialled) => {
             debug!(%dst, "relaying");
             let request = &counters.received_bytes;
             let response = &counters.sent_bytes;
-            match l4::relay(accepted, dialled, idle, request, response).await {
+            match l4::relay(accepted, dialled, idle, request, response, stop).await {
                 Ok(end) => debug!(%dst, ?end, "connection done"),
                 Err(err) => debug!(%dst, %err, "connection failed"),
             }

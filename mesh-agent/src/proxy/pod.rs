@@ -1,14 +1,15 @@
 //! A captured pod as the proxy sees it, and its listeners inside the pod's netns: outbound
-//! (`15001`, where the app's connects are steered) and inbound (`15006`, where connections
-//! to the app are steered). Accepting on pod P's listener is itself the proof of which pod
-//! the connection belongs to: no source IP is trusted.
+//! (`15001`, where the app's connects are steered), inbound (`15006`, where connections
+//! to the app are steered) and, with mTLS on, the tunnel (`15008`, where other pods'
+//! proxies connect). Accepting on pod P's listener is itself the proof of which pod the
+//! connection belongs to: no source IP is trusted.
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{Instrument as _, info_span, warn};
 
-use super::{ProxyContext, delivery::SteeringExemption, inbound, outbound};
+use super::{ProxyContext, delivery::SteeringExemption, inbound, outbound, tunnel};
 use crate::{
     config::Workload,
     sys::netns::{Netns, NetnsError},
@@ -34,6 +35,8 @@ pub struct Pod {
     pub outbound: Vec<SocketAddr>,
     /// Where connections to the app are steered.
     pub inbound: Vec<SocketAddr>,
+    /// Where other proxies open tunnels to this pod (empty with mTLS off).
+    pub tunnel: Vec<SocketAddr>,
     /// What the steering in front of this pod must be told about the proxy's deliveries.
     pub exemption: Arc<dyn SteeringExemption>,
 }
@@ -57,7 +60,16 @@ impl Pod {
 /// (which hands over the socket) and a REDIRECT (to the arriving interface's address) reach
 /// them.
 pub fn inbound_listeners(ipv6: bool) -> Vec<SocketAddr> {
-    let port = mesh_common::INBOUND_LISTENER_PORT;
+    any_address(mesh_common::INBOUND_LISTENER_PORT, ipv6)
+}
+
+/// Where a pod's tunnel listeners bind: every address of the netns, which holds only the
+/// pod's own and loopback, so they follow the pod's IPs without a rebind.
+pub fn tunnel_listeners(ipv6: bool) -> Vec<SocketAddr> {
+    any_address(mesh_common::TUNNEL_PORT, ipv6)
+}
+
+fn any_address(port: u16, ipv6: bool) -> Vec<SocketAddr> {
     let mut addrs = vec![SocketAddr::from(([0, 0, 0, 0], port))];
     if ipv6 {
         addrs.push(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
@@ -86,6 +98,7 @@ impl Drop for PodListeners {
 enum Direction {
     Outbound,
     Inbound,
+    Tunnel,
 }
 
 impl PodListeners {
@@ -95,6 +108,7 @@ impl PodListeners {
         for (addrs, direction) in [
             (&pod.outbound, Direction::Outbound),
             (&pod.inbound, Direction::Inbound),
+            (&pod.tunnel, Direction::Tunnel),
         ] {
             for addr in addrs {
                 let bind_err = |error| ListenError::Bind {
@@ -172,6 +186,10 @@ async fn accept_loop(
                     Direction::Inbound => tokio::spawn(
                         inbound::handle(stream, peer, pod, ctx)
                             .instrument(info_span!("inbound", pod = %key, %peer)),
+                    ),
+                    Direction::Tunnel => tokio::spawn(
+                        tunnel::server::handle(stream, peer, pod, ctx)
+                            .instrument(info_span!("tunnel", pod = %key, %peer)),
                     ),
                 };
             }
