@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod link_capture;
+pub mod mesh;
 pub mod metrics;
 pub mod mode;
 pub mod netfilter;
