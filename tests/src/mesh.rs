@@ -11,7 +11,8 @@ use crate::agent::{Agent, Workload};
 use crate::capture::OPENED;
 use crate::metrics::Metrics;
 use crate::wire::ConnResult;
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -154,4 +155,23 @@ pub fn denied(reason: &str) -> Counter {
 /// could take for a complete answer).
 pub fn is_refused(r: &ConnResult) -> bool {
     ["reset", "refused"].contains(&r.result.as_str())
+}
+
+/// The workload certificates an agent holds now, SPIFFE ID to serial, from `/config_dump`'s
+/// `identity.identities`; an error when mTLS is off there (`identity` is then a sentence).
+pub fn certificates(agent: &Agent) -> Result<BTreeMap<String, String>> {
+    let dump = agent.config_dump()?;
+    let ids = dump
+        .pointer("/identity/identities")
+        .and_then(|i| i.as_array())
+        .with_context(|| {
+            format!(
+                "no identity.identities in /config_dump: {}",
+                dump["identity"]
+            )
+        })?;
+    Ok(ids
+        .iter()
+        .filter_map(|i| Some((i["id"].as_str()?.into(), i["serial"].to_string())))
+        .collect())
 }

@@ -23,8 +23,8 @@ use tests::agent::ADMIN;
 use tests::echo::{EchoServer, PodEchoClient};
 use tests::link_capture::{LinkCapture, TLS_APPLICATION_DATA, TLS_HANDSHAKE};
 use tests::mesh::{
-    Counter, HANDSHAKE_FAILURES, MUTUAL_TLS, PLAINTEXT, STREAMS, TUNNELS_OPENED, denied,
-    handshake_failures, is_refused, opened,
+    Counter, HANDSHAKE_FAILURES, MUTUAL_TLS, PLAINTEXT, STREAMS, TUNNELS_OPENED, certificates,
+    denied, handshake_failures, is_refused, opened,
 };
 use tests::netfilter::expect_rules;
 use tests::pod::finish_dial;
@@ -275,11 +275,13 @@ fn cross_node_connection_is_mutual_tls(mode: Mode) {
     );
     src.expect_rise(&agent1, src0, 2.0).unwrap();
     dst.expect_rise(&agent2, dst0, 2.0).unwrap();
-    for agent in [&agent1, &agent2] {
-        let dump = agent.config_dump().unwrap();
+    for (agent, w) in [(&agent1, bed.a_workload()), (&agent2, bed.b_workload())] {
+        let certs = certificates(agent).unwrap();
         assert!(
-            !dump["identity"].is_null(),
-            "no identity in /config_dump: {dump}"
+            certs.contains_key(&w.spiffe_id()),
+            "{}'s agent shows no certificate for {}: {certs:?}",
+            w.name,
+            w.spiffe_id()
         );
     }
 }
@@ -487,8 +489,8 @@ fn forged_identities_are_refused(mode: Mode) {
 
 /// Scenario 6: 500 concurrent connections `client-a` → `server-b` all succeed, delivered
 /// once each, over at most 10 tunnels, while both agents reissue every certificate
-/// (`POST /identity/rotate`) with half of them open (the dial's barrier holds every
-/// connection open until the last one is).
+/// (`POST /identity/rotate`; `/config_dump` shows new serials) with half of them open (the
+/// dial's barrier holds every connection open until the last one is).
 fn concurrent_connections_share_bounded_tunnels_across_rotation(mode: Mode) {
     const N: usize = 500;
     let bed = Bed::new(mode);
@@ -521,9 +523,28 @@ fn concurrent_connections_share_bounded_tunnels_across_rotation(mode: Mode) {
     progress
         .expect_rise_at_least(&agent1, p0, (N / 2) as f64)
         .unwrap();
+    let issued = [&agent1, &agent2].map(|a| certificates(a).unwrap());
+    assert!(
+        issued.iter().all(|c| !c.is_empty()),
+        "no certificate to rotate with half the connections open: {issued:?}"
+    );
     for agent in [&agent1, &agent2] {
         agent.post_ok(ADMIN, "/identity/rotate").unwrap();
     }
+    poll_until(
+        Duration::from_secs(5),
+        "both agents reissue every certificate they held",
+        || {
+            let now = [&agent1, &agent2].map(|a| certificates(a).unwrap());
+            let renewed = issued.iter().zip(&now).all(|(before, now)| {
+                before
+                    .iter()
+                    .all(|(id, serial)| now.get(id).is_some_and(|s| s != serial))
+            });
+            Ok(renewed.then_some(()))
+        },
+    )
+    .unwrap();
     let report = finish_dial(dial, &opts).unwrap();
     assert_eq!(report.results.len(), N);
     let failed: Vec<&ConnResult> = report.results.iter().filter(|r| !r.is_ok()).collect();
