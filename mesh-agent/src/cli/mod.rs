@@ -1,4 +1,5 @@
 //! The command line: one subcommand per job, each a thin layer over the library modules.
+mod ca;
 mod iptables;
 
 use std::path::PathBuf;
@@ -62,6 +63,12 @@ enum Command {
         #[command(subcommand)]
         command: iptables::Command,
     },
+    /// The local CA of the mesh's workload identities: make it, issue certificates from it
+    /// (for `identity.files` or for other proxies).
+    Ca {
+        #[command(subcommand)]
+        command: ca::Command,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,5 +121,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             (None, None) => anyhow::bail!("give --config or --node"),
         }),
         Command::Iptables { command } => iptables::run(command),
+        Command::Ca { command } => ca::run(command),
     }
 }
