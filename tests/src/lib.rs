@@ -29,6 +29,7 @@ pub mod proc;
 pub mod scenario;
 pub mod sock;
 pub mod sweep;
+pub mod tcp_flows;
 pub mod wire;
 
 pub use agent::{Agent, AgentConfig, Workload, delta};
