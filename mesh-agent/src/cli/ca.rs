@@ -172,5 +172,6 @@ mod tests {
             out: ca_dir,
         };
         assert!(run(Command::Init(again)).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,7 @@
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -9,11 +9,14 @@ use rustls::{RootCertStore, server::ParsedCertificate};
 use x509_parser::{certificate::X509Certificate, prelude::FromDer as _};
 
 use super::*;
-use crate::identity::{pemfile::tempdir, verify::leaf_id};
+use crate::identity::{
+    pemfile::{TempDir, tempdir},
+    verify::leaf_id,
+};
 
 /// A fresh CA in its own directory.
-pub fn test_ca(name: &str, trust_domain: &str) -> (LocalCa, PathBuf) {
-    let dir = tempdir(name).join("ca");
+pub fn test_ca(name: &str, trust_domain: &str) -> (LocalCa, TempDir) {
+    let dir = tempdir(name).child("ca");
     (LocalCa::init(trust_domain, &dir).unwrap(), dir)
 }
 

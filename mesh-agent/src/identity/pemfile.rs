@@ -113,13 +113,46 @@ pub fn encode(label: &str, der: &[u8]) -> String {
     pem
 }
 
-/// A fresh directory under the system temp dir, unique per test and process.
+/// A fresh directory under the system temp dir, unique per test and process, removed with
+/// everything in it when dropped.
 #[cfg(test)]
-pub fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+pub fn tempdir(name: &str) -> TempDir {
+    let root = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).unwrap();
+    let path = root.clone();
+    TempDir { root, path }
+}
+
+#[cfg(test)]
+pub struct TempDir {
+    root: PathBuf,
+    path: PathBuf,
+}
+
+#[cfg(test)]
+impl TempDir {
+    /// A path inside (not created), removed with the directory.
+    pub fn child(mut self, name: &str) -> Self {
+        self.path = self.path.join(name);
+        self
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
 }
 
 #[cfg(test)]

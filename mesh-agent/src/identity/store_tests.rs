@@ -2,7 +2,7 @@
 //! renewal and file rotation, and the errors an operator sees.
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -220,7 +220,7 @@ fn files_settings(ca_dir: &Path, identities: Vec<IdentityFile>) -> IdentitySetti
 }
 
 /// Moves a file's mtime forward, as a later write would (coarse clocks can repeat one).
-fn touch_later(path: &PathBuf, secs: u64) {
+fn touch_later(path: &Path, secs: u64) {
     let file = fs::File::options().write(true).open(path).unwrap();
     file.set_modified(SystemTime::now() + Duration::from_secs(secs))
         .unwrap();
