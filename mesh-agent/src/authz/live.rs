@@ -107,8 +107,9 @@ impl LiveConnections {
 
     /// Checks every live connection against `policies` (compiled from `config`) and signals
     /// those no longer allowed; returns how many were newly signalled. Denied means: the
-    /// destination is no longer in `config`, or [`Policies::check`] denies, or the
-    /// destination is now `STRICT` and the connection is plaintext.
+    /// destination is still enrolled on this node and [`Policies::check`] denies, or it is
+    /// now `STRICT` and the connection is plaintext. A destination released or gone from
+    /// `config` keeps its connections, as a release without policy does.
     ///
     /// The registry's lock is held only to snapshot it, not while evaluating.
     pub fn revoke_denied(&self, policies: &Policies, config: &Config) -> usize {
@@ -124,9 +125,13 @@ impl LiveConnections {
                 continue;
             }
             let key = &entry.conn.destination;
-            let allowed = workloads
-                .get(&(key.namespace.as_str(), key.name.as_str()))
-                .is_some_and(|w| admits(policies, &entry.conn.connection(w)));
+            // A destination that left the mesh (released, or gone from the config) keeps
+            // its connections, as a release does without policy: only a pod still under
+            // policy here can have a connection taken away by it.
+            let allowed = match workloads.get(&(key.namespace.as_str(), key.name.as_str())) {
+                Some(w) if w.captured_here() => admits(policies, &entry.conn.connection(w)),
+                _ => true,
+            };
             // `send_if_modified` counts each connection once even if two callers race.
             if !allowed
                 && entry
