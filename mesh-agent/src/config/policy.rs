@@ -65,8 +65,49 @@ pub struct Source {
     pub not_principals: Option<Vec<String>>,
     pub namespaces: Option<Vec<String>>,
     pub not_namespaces: Option<Vec<String>>,
+    /// CIDRs or single addresses, as Istio takes them.
+    #[serde(default, deserialize_with = "ip_blocks")]
     pub ip_blocks: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "ip_blocks")]
     pub not_ip_blocks: Option<Vec<IpNet>>,
+}
+
+/// `10.0.0.0/8` or `10.0.0.1` (a host: `/32`, `/128`).
+fn ip_blocks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    let Some(blocks) = Option::<Vec<String>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    blocks
+        .iter()
+        .map(|b| {
+            b.parse::<IpNet>()
+                .or_else(|_| b.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("{b:?} is not a CIDR or an IP")))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_blocks_take_cidrs_and_bare_addresses() {
+        let s: Source =
+            serde_yaml_ng::from_str("ipBlocks: [10.0.0.0/8, 10.1.2.3, 'fd00::1']").unwrap();
+        let blocks: Vec<String> = s.ip_blocks.unwrap().iter().map(|b| b.to_string()).collect();
+        assert_eq!(blocks, ["10.0.0.0/8", "10.1.2.3/32", "fd00::1/128"]);
+        assert!(serde_yaml_ng::from_str::<Source>("ipBlocks: [nope]").is_err());
+    }
+
+    #[test]
+    fn fields_the_l4_proxy_cannot_see_are_refused() {
+        let l7 =
+            "name: p\nnamespace: n\naction: DENY\nrules: [{to: [{operation: {methods: [GET]}}]}]";
+        let err = serde_yaml_ng::from_str::<AuthorizationPolicy>(l7).unwrap_err();
+        assert!(err.to_string().contains("methods"), "{err}");
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
