@@ -1,10 +1,13 @@
 //! The contenders: no mesh, Sluice's node agent in each of its redirect modes (eBPF,
 //! nftables, iptables), and Envoy set up as Istio's sidecar would be for the same path
 //! (istio-iptables REDIRECT rules in each pod on the path, a `virtualOutbound` listener on
-//! 15001 and a `virtualInbound` one on 15006, `tcp_proxy` to ORIGINAL_DST clusters).
+//! 15001 and a `virtualInbound` one on 15006, `tcp_proxy` to ORIGINAL_DST clusters; its
+//! configuration is in `envoy`).
 //!
 //! A scenario's [`Path`] says which pods are in the mesh: one agent serves them all, where
-//! Istio puts one Envoy in each.
+//! Istio puts one Envoy in each. On the mTLS path the agent gets an `identity` section with
+//! the run's CA (`pki`), so the two pods talk through its HBONE tunnel, and each Envoy
+//! sidecar a certificate of that CA for Istio's mTLS between them.
 //!
 //! Every proxy gets the same one CPU (`taskset`) and so one worker: Envoy by
 //! `--concurrency 1`, the agent because tokio sizes its multi-thread runtime from the CPUs
@@ -13,7 +16,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use anyhow::{Context, Result, ensure};
 
 use super::scenario::Path;
 use super::topo::{self, CLIENT_IP, Place, Proc, SERVER_IP, Topology};
+use super::{envoy, pki};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Contender {
@@ -94,9 +98,6 @@ impl Bins {
     }
 }
 
-/// Istio's proxy uid: its iptables rules exempt the proxy's own traffic by this owner.
-const ENVOY_UID: u32 = 1337;
-
 /// The proxy a captured pod puts on the path, and how each contender counts what it carried.
 struct Hop {
     /// Topology role of the pod.
@@ -105,8 +106,6 @@ struct Hop {
     what: &'static str,
     /// Sluice's `reporter` label on its connection counters for this side.
     reporter: &'static str,
-    /// Envoy's counter of connections accepted by this side's listener.
-    envoy_stat: &'static str,
 }
 
 const HOPS: [Hop; 2] = [
@@ -114,13 +113,11 @@ const HOPS: [Hop; 2] = [
         pod: "client",
         what: "out of the client pod",
         reporter: "source",
-        envoy_stat: "tcp.PassthroughCluster.downstream_cx_total",
     },
     Hop {
         pod: "server",
         what: "into the server pod",
         reporter: "destination",
-        envoy_stat: "tcp.InboundPassthroughClusterIpv4.downstream_cx_total",
     },
 ];
 
@@ -187,42 +184,27 @@ impl<'t> Running<'t> {
         }
     }
 
-    /// The agent's configuration: both pods are known workloads (they name each other in
-    /// metrics), and those on the path are enrolled, which captures their outbound and
-    /// their inbound connections alike.
-    fn agent_yaml(&self, mode: &str) -> String {
-        let t = self.topo;
-        let mut yaml = format!(
-            "node: {node}\ncgroupRoot: {root}\nredirect:\n  mode: {mode}\n\
-             adminAddress: 127.0.0.1:15000\nmetricsAddress: 127.0.0.1:15020\n\
-             readinessAddress: 127.0.0.1:15021\nworkloads:\n",
-            node = t.node_name(),
-            root = t.cgroup_root().display(),
-        );
-        for (pod, ip) in [("client", CLIENT_IP), ("server", SERVER_IP)] {
-            let _ = write!(
-                yaml,
-                "  - name: {pod}\n    namespace: bench\n    ips: [\"{ip}\"]\n"
-            );
-            if self.path.captured().contains(&pod) {
-                let _ = write!(
-                    yaml,
-                    "    netns: {}\n    cgroup: {}\n",
-                    t.netns_path(pod).display(),
-                    t.pod_cgroup(pod).display()
-                );
-            } else {
-                yaml.push_str("    enrolled: false\n");
-            }
-        }
-        yaml
-    }
-
     fn start_sluice(&mut self, mode: &str) -> Result<()> {
         let t = self.topo;
+        let ca = match self.path.mtls() {
+            true => Some(pki::ca(t.workdir(), &self.bins.agent)?),
+            false => None,
+        };
+        let pods: Vec<AgentPod> = [("client", CLIENT_IP), ("server", SERVER_IP)]
+            .into_iter()
+            .map(|(name, ip)| AgentPod {
+                name,
+                ip,
+                captured: self
+                    .path
+                    .captured()
+                    .contains(&name)
+                    .then(|| (t.netns_path(name), t.pod_cgroup(name))),
+            })
+            .collect();
+        let yaml = agent_yaml(t.node_name(), &t.cgroup_root(), mode, &pods, ca.as_deref());
         let config = t.workdir().join("agent.yaml");
-        std::fs::write(&config, self.agent_yaml(mode))
-            .with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
         self.agent_config = Some(config.clone());
         let place = self.proxy_place("node", t.agent_cgroup());
         let args = [
@@ -265,7 +247,7 @@ impl<'t> Running<'t> {
                 "-b".into(),
                 "*".into(),
                 "-u".into(),
-                ENVOY_UID.to_string(),
+                envoy::UID.to_string(),
             ],
         )
         .context("rendering istio-iptables rules with mesh-agent")?;
@@ -288,11 +270,16 @@ impl<'t> Running<'t> {
             "iptables-restore in the {pod} pod failed: {}\nrules:\n{rules}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let config = t.workdir().join("envoy.yaml");
-        std::fs::write(&config, ENVOY_CONFIG)
-            .with_context(|| format!("writing {}", config.display()))?;
+        let tls = match self.path.mtls() {
+            true => Some(pki::sidecar(t.workdir(), &self.bins.agent, pod)?),
+            false => None,
+        };
+        // Envoy reads JSON as YAML; the name keeps each sidecar's apart.
+        let config = t.workdir().join(format!("envoy-{pod}.json"));
+        let text = serde_json::to_string_pretty(&envoy::config(tls.as_ref()))?;
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let mut place = self.proxy_place(pod, t.pod_cgroup(pod));
-        place.uid = Some(ENVOY_UID);
+        place.uid = Some(envoy::UID);
         let args = [
             "-c".to_string(),
             config.display().to_string(),
@@ -358,39 +345,67 @@ impl<'t> Running<'t> {
             let n = self.carried(hop)?;
             ensure!(
                 n > 0,
-                "{} carried no connection {}: capture is not working",
+                "{} carried no connection {}{}: capture is not working",
                 self.contender.name(),
-                hop.what
+                hop.what,
+                if self.path.mtls() { " in mTLS" } else { "" }
+            );
+        }
+        // Envoy's count above is of its TLS chains; Sluice's counters are the same with or
+        // without the tunnel, so its streams are counted too.
+        if self.path.mtls() && self.contender != Contender::Envoy {
+            let text = self.get("node", "127.0.0.1:15020", "/metrics")?;
+            ensure!(
+                sum_metric(&text, "sluice_hbone_streams_total", None) > 0,
+                "{} carried no connection through its mTLS tunnel",
+                self.contender.name()
             );
         }
         Ok(())
     }
 
+    /// TLS handshakes the client side has made so far on the mTLS path: Sluice's tunnels
+    /// opened, Envoy's client sidecar's handshakes (full or resumed). `None` elsewhere.
+    pub fn tls_handshakes(&self) -> Result<Option<u64>> {
+        if !self.path.mtls() || self.contender == Contender::Direct {
+            return Ok(None);
+        }
+        let n = if self.contender == Contender::Envoy {
+            let text = self.get("client", "127.0.0.1:15000", "/stats?filter=ssl.handshake")?;
+            sum_metric(&text, envoy::CLIENT_HANDSHAKES, None)
+        } else {
+            let text = self.get("node", "127.0.0.1:15020", "/metrics")?;
+            sum_metric(&text, "sluice_hbone_tunnels_opened_total", None)
+        };
+        Ok(Some(n))
+    }
+
+    /// `GET http://<addr><path>` from inside `netns`: the body.
+    fn get(&self, netns: &str, addr: &str, path: &str) -> Result<String> {
+        self.bins.tool_output(
+            &self.topo.plain(netns),
+            &["http-get".into(), addr.into(), path.into()],
+        )
+    }
+
     /// Connections accepted so far by the proxy of `hop`.
     fn carried(&self, hop: &Hop) -> Result<u64> {
-        let sluice_label = format!("reporter=\"{}\"", hop.reporter);
-        let (netns, addr, path, metric, label) = if self.contender == Contender::Envoy {
-            (
+        if self.contender == Contender::Envoy {
+            let stat = envoy::carried_stat(hop.pod == "client", self.path.mtls());
+            let text = self.get(
                 hop.pod,
                 "127.0.0.1:15000",
                 "/stats?filter=downstream_cx_total",
-                hop.envoy_stat,
-                None,
-            )
-        } else {
-            (
-                "node",
-                "127.0.0.1:15020",
-                "/metrics",
-                "istio_tcp_connections_opened_total",
-                Some(sluice_label.as_str()),
-            )
-        };
-        let text = self.bins.tool_output(
-            &self.topo.plain(netns),
-            &["http-get".into(), addr.into(), path.into()],
-        )?;
-        Ok(sum_metric(&text, metric, label))
+            )?;
+            return Ok(sum_metric(&text, &stat, None));
+        }
+        let label = format!("reporter=\"{}\"", hop.reporter);
+        let text = self.get("node", "127.0.0.1:15020", "/metrics")?;
+        Ok(sum_metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            Some(&label),
+        ))
     }
 
     /// Stops the proxies and removes what they installed; errors are returned, not printed.
@@ -482,62 +497,61 @@ fn sum_metric(text: &str, name: &str, label: Option<&str>) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// An Istio sidecar reduced to L4. Outbound: `virtualOutbound` on 15001 restores the
-/// original destination and `tcp_proxy` sends it to `PassthroughCluster` (ORIGINAL_DST).
-/// Inbound: `virtualInbound` on 15006 the same to `InboundPassthroughClusterIpv4`, which
-/// dials the app from 127.0.0.6 (Istio's `upstream_bind_config`: the istio-iptables rules
-/// let that source through, so the connection to the app is not captured again; the app
-/// sees 127.0.0.6, not the caller). Both clusters get the circuit breakers Istio sets there
-/// (Envoy's default of 1024 connections would refuse the idle-connection test).
-const ENVOY_CONFIG: &str = r#"admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: 15000}}
-static_resources:
-  listeners:
-  - name: virtualOutbound
-    address: {socket_address: {address: 0.0.0.0, port_value: 15001}}
-    listener_filters:
-    - name: envoy.filters.listener.original_dst
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: PassthroughCluster
-          cluster: PassthroughCluster
-  - name: virtualInbound
-    address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
-    listener_filters:
-    - name: envoy.filters.listener.original_dst
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: InboundPassthroughClusterIpv4
-          cluster: InboundPassthroughClusterIpv4
-  clusters:
-  - name: PassthroughCluster
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 5s
-    circuit_breakers: &unlimited
-      thresholds:
-      - max_connections: 4294967295
-        max_pending_requests: 4294967295
-        max_requests: 4294967295
-        max_retries: 4294967295
-  - name: InboundPassthroughClusterIpv4
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 5s
-    upstream_bind_config:
-      source_address: {address: 127.0.0.6, port_value: 0}
-    circuit_breakers: *unlimited
-"#;
+/// A pod in the agent's configuration; `captured`: its netns and cgroup when enrolled.
+struct AgentPod {
+    name: &'static str,
+    ip: &'static str,
+    captured: Option<(PathBuf, PathBuf)>,
+}
+
+/// The agent's configuration: both pods are known workloads (they name each other in
+/// metrics), each with its role as service account, and those on the path are enrolled,
+/// which captures their outbound and their inbound connections alike. With `ca` (the mTLS
+/// path) the `identity` section turns the tunnel between enrolled pods on.
+fn agent_yaml(
+    node: &str,
+    cgroup_root: &FsPath,
+    mode: &str,
+    pods: &[AgentPod],
+    ca: Option<&FsPath>,
+) -> String {
+    let mut yaml = format!(
+        "node: {node}\ncgroupRoot: {root}\nredirect:\n  mode: {mode}\n\
+         adminAddress: 127.0.0.1:15000\nmetricsAddress: 127.0.0.1:15020\n\
+         readinessAddress: 127.0.0.1:15021\n",
+        root = cgroup_root.display(),
+    );
+    if let Some(ca) = ca {
+        let _ = write!(
+            yaml,
+            "identity:\n  trustDomain: {}\n  ca:\n    dir: {}\n",
+            pki::TRUST_DOMAIN,
+            ca.display()
+        );
+    }
+    yaml.push_str("workloads:\n");
+    for pod in pods {
+        let _ = write!(
+            yaml,
+            "  - name: {name}\n    namespace: {ns}\n    serviceAccount: {name}\n    ips: [\"{ip}\"]\n",
+            name = pod.name,
+            ns = pki::NAMESPACE,
+            ip = pod.ip,
+        );
+        match &pod.captured {
+            Some((netns, cgroup)) => {
+                let _ = write!(
+                    yaml,
+                    "    netns: {}\n    cgroup: {}\n",
+                    netns.display(),
+                    cgroup.display()
+                );
+            }
+            None => yaml.push_str("    enrolled: false\n"),
+        }
+    }
+    yaml
+}
 
 #[cfg(test)]
 mod tests {
@@ -555,6 +569,62 @@ mod tests {
         assert_eq!(
             sum_metric(envoy, "tcp.PassthroughCluster.downstream_cx_total", None),
             12
+        );
+    }
+
+    fn pods(server_captured: bool) -> Vec<AgentPod> {
+        vec![
+            AgentPod {
+                name: "client",
+                ip: CLIENT_IP,
+                captured: Some(("/run/netns/c".into(), "/cg/pods/client".into())),
+            },
+            AgentPod {
+                name: "server",
+                ip: SERVER_IP,
+                captured: server_captured
+                    .then(|| ("/run/netns/s".into(), "/cg/pods/server".into())),
+            },
+        ]
+    }
+
+    #[test]
+    fn agent_config_enrolls_the_pods_on_the_path() {
+        let yaml = agent_yaml("n1", FsPath::new("/cg"), "ebpf", &pods(false), None);
+        assert!(yaml.starts_with("node: n1\ncgroupRoot: /cg\nredirect:\n  mode: ebpf\n"));
+        assert!(
+            !yaml.contains("identity"),
+            "no mTLS off the mTLS path:\n{yaml}"
+        );
+        assert!(yaml.contains(
+            "  - name: client\n    namespace: bench\n    serviceAccount: client\n    \
+             ips: [\"10.79.0.2\"]\n    netns: /run/netns/c\n    cgroup: /cg/pods/client\n"
+        ));
+        assert!(yaml.ends_with(
+            "  - name: server\n    namespace: bench\n    serviceAccount: server\n    \
+             ips: [\"10.79.0.3\"]\n    enrolled: false\n"
+        ));
+    }
+
+    #[test]
+    fn agent_config_on_the_mtls_path_has_the_runs_ca() {
+        let yaml = agent_yaml(
+            "n1",
+            FsPath::new("/cg"),
+            "nftables",
+            &pods(true),
+            Some(FsPath::new("/w/ca")),
+        );
+        assert!(yaml.contains(
+            "identity:\n  trustDomain: cluster.local\n  ca:\n    dir: /w/ca\nworkloads:\n"
+        ));
+        assert!(yaml.contains("netns: /run/netns/s\n    cgroup: /cg/pods/server\n"));
+        assert!(!yaml.contains("enrolled: false"));
+        // The identities the Envoy sidecars' certificates carry too.
+        assert!(yaml.contains("serviceAccount: server\n"));
+        assert_eq!(
+            pki::spiffe_id("server"),
+            "spiffe://cluster.local/ns/bench/sa/server"
         );
     }
 

@@ -2,13 +2,16 @@
 //! one run, interleaved so that a comparison holds while the machine's speed drifts.
 //!
 //! Modules: `topo` builds the node (netns, bridge, cgroups) and spawns pinned processes,
-//! `contender` starts and stops each contender, `scenario` measures one run, `tool` is the
+//! `contender` starts and stops each contender, `envoy` is Envoy's sidecar configuration,
+//! `pki` the mTLS path's CA and certificates, `scenario` measures one run, `tool` is the
 //! load generator run inside the pods, `report` turns samples into JSON and markdown, `svg`
 //! draws the chart, `docs` writes docs/benchmarks.md.
 
 mod contender;
 mod docs;
+mod envoy;
 mod install;
+mod pki;
 mod procstat;
 mod report;
 mod scenario;
@@ -38,7 +41,8 @@ pub struct Bench {
     /// l4-connect-rate (client pod in the mesh: its outbound proxy), inbound-throughput-1,
     /// inbound-rr-latency, inbound-connect-rate (server pod only: its inbound proxy),
     /// mesh-throughput-1, mesh-rr-latency, mesh-connect-rate (both pods: both proxies),
-    /// http1-fixed-rate, http1-max-rps, http2-max-rps, mtls-handshakes, memory.
+    /// mtls-throughput-1, mtls-rr-latency, mtls-connect-rate (both proxies, in mutual TLS),
+    /// http1-fixed-rate, http1-max-rps, http2-max-rps, memory.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// Run only this contender (repeatable): direct, sluice-ebpf, sluice-nftables,

@@ -41,6 +41,9 @@ pub enum Path {
     Inbound,
     /// Both pods: the client's outbound proxy, then the server's inbound proxy.
     Mesh,
+    /// As `Mesh`, with mutual TLS between the two proxies: Sluice's HBONE tunnel, Envoy's
+    /// sidecars with Istio's mTLS.
+    Mtls,
 }
 
 impl Path {
@@ -49,8 +52,13 @@ impl Path {
         match self {
             Path::Outbound => &["client"],
             Path::Inbound => &["server"],
-            Path::Mesh => &["client", "server"],
+            Path::Mesh | Path::Mtls => &["client", "server"],
         }
+    }
+
+    /// Whether the proxies talk to each other in mutual TLS.
+    pub fn mtls(self) -> bool {
+        self == Path::Mtls
     }
 }
 
@@ -89,7 +97,7 @@ impl Scenario {
     }
 }
 
-const NO_L7: &str = "Sluice has no L7/mTLS yet";
+const NO_L7: &str = "Sluice has no L7 yet";
 
 /// One L4 scenario per load and path, the metric names made from the scenario's: the same
 /// loads run on the outbound, inbound and mesh paths, and their metrics line up by suffix.
@@ -214,7 +222,42 @@ pub const SCENARIOS: &[Scenario] = &[
     not_yet("http1-fixed-rate", "HTTP/1.1 at a fixed rate, latency"),
     not_yet("http1-max-rps", "HTTP/1.1 requests per second"),
     not_yet("http2-max-rps", "HTTP/2 requests per second"),
-    not_yet("mtls-handshakes", "mTLS handshakes per second"),
+    throughput!(
+        "mtls",
+        1,
+        Path::Mtls,
+        "as mesh-throughput-1, with mutual TLS between the two proxies"
+    ),
+    rr_latency!(
+        "mtls",
+        Path::Mtls,
+        "as mesh-rr-latency, with mutual TLS between the two proxies"
+    ),
+    Scenario {
+        name: "mtls-connect-rate",
+        what: "as mesh-connect-rate, with mutual TLS between the two proxies; per core: \
+               connections per second of proxy CPU; handshakes: the client side's TLS \
+               handshakes per 1000 connections",
+        path: Path::Mtls,
+        load: Load::Connects,
+        proxy_only: false,
+        metrics: &[
+            m("mtls-connect-rate", "conn/s", true),
+            m(
+                "mtls-connect-rate-proxy-cpu",
+                "proxy CPU ms/1000 conns",
+                false,
+            ),
+            // The two below are computed from the two above and the handshake counter: see
+            // `run`.
+            m("mtls-connect-rate-per-core", "conn/s per proxy CPU", true),
+            m(
+                "mtls-connect-rate-handshakes",
+                "TLS handshakes/1000 conns",
+                false,
+            ),
+        ],
+    },
     Scenario {
         name: "memory",
         what: "proxy RSS: idle, with idle connections open and after they close, at a burst's \
@@ -321,6 +364,14 @@ pub fn run(ctx: &Ctx, scenario: &Scenario, running: &Running) -> Result<Vec<f64>
             .map(|pid| procstat::cpu_seconds(pid, ctx.ticks))
             .sum()
     };
+    // The mTLS connect rate also counts the client side's TLS handshakes, outside the
+    // measured CPU time.
+    let counts_handshakes = scenario.path.mtls() && scenario.load == Load::Connects;
+    let handshakes0 = if counts_handshakes {
+        running.tls_handshakes()?
+    } else {
+        None
+    };
     let cpu0 = cpu()?;
     let values = match scenario.load {
         Load::Throughput(streams) => throughput(ctx, streams)?,
@@ -338,6 +389,16 @@ pub fn run(ctx: &Ctx, scenario: &Scenario, running: &Running) -> Result<Vec<f64>
     // The last value is the work done, turned into the proxy's CPU per unit of it.
     let (mut values, work) = values;
     values.push(cpu_used / work);
+    if counts_handshakes {
+        // `work` is millions of connections.
+        let conns = work * 1e6;
+        values.push(conns / cpu_used);
+        let handshakes = match (handshakes0, running.tls_handshakes()?) {
+            (Some(before), Some(after)) => after.saturating_sub(before) as f64,
+            _ => f64::NAN,
+        };
+        values.push(handshakes / (conns / 1000.0));
+    }
     Ok(values)
 }
 
@@ -566,6 +627,43 @@ mod tests {
         assert_eq!(mesh.path.captured(), ["client", "server"]);
         assert_eq!(mesh.load, Load::Throughput(1));
         assert_eq!(find("mesh-connect-rate").unwrap().skip(), None);
-        assert_eq!(find("mtls-handshakes").unwrap().skip(), Some(NO_L7));
+        assert_eq!(find("http2-max-rps").unwrap().skip(), Some(NO_L7));
+        assert!(
+            find("mtls-handshakes").is_err(),
+            "replaced by the mtls-* scenarios"
+        );
+    }
+
+    #[test]
+    fn mtls_scenarios_run_the_mesh_loads_in_mtls() {
+        for (mtls, mesh) in [
+            ("mtls-throughput-1", "mesh-throughput-1"),
+            ("mtls-rr-latency", "mesh-rr-latency"),
+            ("mtls-connect-rate", "mesh-connect-rate"),
+        ] {
+            let (mtls, mesh) = (find(mtls).unwrap(), find(mesh).unwrap());
+            assert_eq!(mtls.path, Path::Mtls);
+            assert!(mtls.path.mtls() && !mesh.path.mtls());
+            assert_eq!(mtls.path.captured(), mesh.path.captured());
+            assert_eq!(mtls.load, mesh.load);
+            assert_eq!(mtls.skip(), None);
+            assert!(!mtls.proxy_only);
+            // The mesh metrics, renamed, in the same order (the values are zipped with them).
+            for (a, b) in mtls.metrics.iter().zip(mesh.metrics) {
+                assert_eq!(a.name.replacen("mtls", "mesh", 1), b.name);
+                assert_eq!((a.unit, a.higher_is_better), (b.unit, b.higher_is_better));
+            }
+        }
+        // `run` appends these two to the connect rate's values, in this order.
+        let names: Vec<&str> = find("mtls-connect-rate")
+            .unwrap()
+            .metrics
+            .iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(
+            names[2..],
+            ["mtls-connect-rate-per-core", "mtls-connect-rate-handshakes"]
+        );
     }
 }
