@@ -239,6 +239,7 @@ fn targets(entries: &[Entry]) -> Vec<Target> {
             detail,
         });
     }
+    targets.extend(mtls_targets(&med));
     targets.extend([
         Target {
             what: "idle RSS of sluice-ebpf".into(),
@@ -258,6 +259,71 @@ fn targets(entries: &[Entry]) -> Vec<Target> {
         },
     ]);
     targets
+}
+
+/// The mTLS path's targets: new connections per second per proxy core, the added p50 (the
+/// added p99 beside it) and throughput against Envoy's sidecar pair.
+fn mtls_targets(med: &Medians) -> Vec<Target> {
+    use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
+    let both = |name: &str, unit: &str| match (med.of(name, Sluice), med.of(name, Envoy)) {
+        (None, None) => None,
+        (s, e) => {
+            let v = |x: Option<f64>| x.map(fmt).unwrap_or("–".into());
+            Some(format!("sluice-ebpf {}{unit}, envoy {}{unit}", v(s), v(e)))
+        }
+    };
+    let per_core_detail: Vec<String> = [
+        both("mtls-connect-rate-per-core", "").map(|b| format!("per proxy CPU s: {b}")),
+        both("mtls-connect-rate", " conn/s").map(|b| format!("on the one proxy CPU: {b}")),
+        both("mtls-connect-rate-handshakes", "")
+            .map(|b| format!("client TLS handshakes per 1000 connections: {b}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let (p50, mut latency_detail) = med.added_share("mtls-rr-latency-p50", "p50");
+    let (p99_share, p99) = med.added_share("mtls-rr-latency-p99", "p99");
+    if !p99.is_empty() {
+        let share = p99_share.map(|r| format!(" = {r:.2}×")).unwrap_or_default();
+        let _ = write!(latency_detail, "; for reference, {p99}{share}");
+    }
+    let throughput_detail: Vec<String> = [
+        med.ratio("mtls-throughput-1", Sluice, Direct)
+            .map(|r| format!("sluice-ebpf / direct {r:.2}×")),
+        both("mtls-throughput-1-proxy-cpu", " s").map(|b| format!("proxy CPU per GB: {b}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    vec![
+        Target {
+            what: "mTLS new connections per second per proxy core (connections / proxy CPU s): \
+                   sluice-ebpf"
+                .into(),
+            value: med.of("mtls-connect-rate-per-core", Sluice),
+            limit: 1200.0,
+            at_least: true,
+            unit: " conn/s",
+            detail: per_core_detail.join("; "),
+        },
+        Target {
+            what: "mTLS (both proxies) added p50 latency (p50 − direct p50): sluice-ebpf / envoy"
+                .into(),
+            value: p50,
+            limit: 0.5,
+            at_least: false,
+            unit: "×",
+            detail: latency_detail,
+        },
+        Target {
+            what: "mTLS (both proxies) throughput, 1 stream: sluice-ebpf / envoy".into(),
+            value: med.ratio("mtls-throughput-1", Sluice, Envoy),
+            limit: 1.25,
+            at_least: true,
+            unit: "×",
+            detail: throughput_detail.join("; "),
+        },
+    ]
 }
 
 /// The samples of an earlier report: each entry's `samples`, or for reports without them
@@ -502,6 +568,82 @@ mod tests {
         assert_eq!(p50.value, Some(0.25));
         assert_eq!(p50.detail, "p50: sluice-ebpf +10.0 µs, envoy +40.0 µs");
         assert_eq!(find("mesh (both proxies) throughput").unwrap().value, None);
+    }
+
+    #[test]
+    fn mtls_targets_per_core_latency_and_throughput() {
+        use Contender::{Direct, Envoy, SluiceEbpf};
+        let mut samples = Samples::new();
+        let mut put = |metric: &'static str, values: &[(Contender, f64)]| {
+            let by = samples.entry(metric).or_default();
+            for (c, v) in values {
+                by.insert(*c, vec![*v]);
+            }
+        };
+        put(
+            "mtls-connect-rate",
+            &[(Direct, 9000.0), (SluiceEbpf, 2000.0), (Envoy, 1000.0)],
+        );
+        put(
+            "mtls-connect-rate-per-core",
+            &[(SluiceEbpf, 2500.0), (Envoy, 1100.0)],
+        );
+        put(
+            "mtls-connect-rate-handshakes",
+            &[(SluiceEbpf, 0.5), (Envoy, 1000.0)],
+        );
+        put(
+            "mtls-rr-latency-p50",
+            &[(Direct, 100.0), (SluiceEbpf, 150.0), (Envoy, 300.0)],
+        );
+        put(
+            "mtls-rr-latency-p99",
+            &[(Direct, 200.0), (SluiceEbpf, 300.0), (Envoy, 400.0)],
+        );
+        put(
+            "mtls-throughput-1",
+            &[(Direct, 10.0), (SluiceEbpf, 4.0), (Envoy, 4.0)],
+        );
+        let report = summarize(&samples);
+        let find = |what: &str| report.targets.iter().find(|t| t.what.starts_with(what));
+        let per_core = find("mTLS new connections per second per proxy core").unwrap();
+        assert_eq!(per_core.value, Some(2500.0));
+        assert_eq!(per_core.met(), Some(true));
+        assert_eq!(
+            per_core.detail,
+            "per proxy CPU s: sluice-ebpf 2500, envoy 1100; on the one proxy CPU: sluice-ebpf \
+             2000 conn/s, envoy 1000 conn/s; client TLS handshakes per 1000 connections: \
+             sluice-ebpf 0.50, envoy 1000"
+        );
+        let p50 = find("mTLS (both proxies) added p50").unwrap();
+        assert_eq!(p50.value, Some(0.25));
+        assert_eq!(
+            p50.detail,
+            "p50: sluice-ebpf +50.0 µs, envoy +200.0 µs; for reference, p99: sluice-ebpf \
+             +100.0 µs, envoy +200.0 µs = 0.50×"
+        );
+        let throughput = find("mTLS (both proxies) throughput").unwrap();
+        assert_eq!(throughput.value, Some(1.0));
+        assert_eq!(throughput.verdict(), "missed by 20%");
+        assert_eq!(throughput.detail, "sluice-ebpf / direct 0.40×");
+        let md = to_markdown(&report);
+        assert!(md.contains("| ≥ 1200 conn/s | 2500 conn/s | met |"), "{md}");
+        assert!(!md.contains("`mtls-handshakes`"));
+    }
+
+    #[test]
+    fn mtls_targets_unmeasured_without_mtls_samples() {
+        let report = summarize(&Samples::new());
+        let mtls: Vec<&Target> = report
+            .targets
+            .iter()
+            .filter(|t| t.what.starts_with("mTLS"))
+            .collect();
+        assert_eq!(mtls.len(), 3);
+        for t in mtls {
+            assert_eq!(t.verdict(), "not measured");
+            assert_eq!(t.detail, "");
+        }
     }
 
     #[test]
