@@ -86,6 +86,50 @@ fn assert_delivered(r: &ConnResult, from: IpAddr, to: SocketAddr) {
     );
 }
 
+/// `client-a` and `server-b` serving on 8080 with `serve_args`; `prepare` runs on
+/// server-b's pod before its app starts.
+fn client_and_server(
+    node: &Node,
+    serve_args: &[&str],
+    prepare: impl FnOnce(&Pod),
+) -> (Pod, Pod, tests::proc::Server) {
+    let a = node.add_pod("client-a").unwrap();
+    let b = node.add_pod("server-b").unwrap();
+    prepare(&b);
+    let server = b.serve_args(8080, "server-b", serve_args).unwrap();
+    (a, b, server)
+}
+
+fn enrolled_server(node: &Node, mode: Mode, server: &Pod) -> AgentConfig {
+    AgentConfig::new(node)
+        .mode(mode)
+        .with(Workload::enrolled(server))
+}
+
+/// `n` connections from `a` to `target` at once, each delivered as [`assert_delivered`]
+/// says.
+fn burst_delivered(a: &Pod, target: SocketAddr, n: usize, bytes: u64) {
+    let opts = DialOpts {
+        bytes,
+        count: n,
+        barrier: true,
+        timeout_ms: 20_000,
+        ..DialOpts::default()
+    };
+    let report = a.dial(target, &opts).unwrap();
+    assert_eq!(report.results.len(), n);
+    let failed: Vec<&ConnResult> = report.results.iter().filter(|r| !r.is_ok()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {n} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    for r in &report.results {
+        assert_delivered(r, a.ip().into(), target);
+    }
+}
+
 /// One connection from `a` (outside the mesh) to `b`:8080 is delivered and counted as
 /// exactly one inbound capture of `server-b`.
 fn assert_one_delivered(agent: &Agent, a: &Pod, b: &Pod) {
@@ -438,43 +482,16 @@ fn release_stops_inbound_and_keeps_established_connections(mode: Mode) {
 fn delivery_is_not_recaptured_under_500_concurrent_connections(mode: Mode) {
     const N: usize = 500;
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
     // An accept queue for the whole burst, as a server expecting it would have: on a slow
     // kernel VM the default 128 overflows, and SYNs the app drops can outlast the
     // delivery's connect timeout. Overflow itself is the next test's subject.
-    let server = b
-        .serve_args(8080, "server-b", &["--backlog", "1024"])
-        .unwrap();
-    let agent = start(
-        &node,
-        AgentConfig::new(&node)
-            .mode(mode)
-            .with(Workload::enrolled(&b)),
-    );
+    let (a, b, server) = client_and_server(&node, &["--backlog", "1024"], |_| {});
+    let agent = start(&node, enrolled_server(&node, mode, &b));
 
     let target = addr(b.ip(), 8080);
     let redirected = redirects(&b, mode, false);
     let before = snapshot(&agent);
-    let opts = DialOpts {
-        bytes: 4096,
-        count: N,
-        barrier: true,
-        timeout_ms: 20_000,
-        ..DialOpts::default()
-    };
-    let report = a.dial(target, &opts).unwrap();
-    assert_eq!(report.results.len(), N);
-    let failed: Vec<&ConnResult> = report.results.iter().filter(|r| !r.is_ok()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {N} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    for r in &report.results {
-        assert_delivered(r, a.ip().into(), target);
-    }
+    burst_delivered(&a, target, N, 4096);
     before
         .expect_flows(&agent, Flows::from_outside(&[("server-b", N as u64)]))
         .unwrap();
@@ -515,35 +532,18 @@ fn delivery_is_not_recaptured_under_500_concurrent_connections(mode: Mode) {
 fn delivery_survives_syn_cookies_and_a_full_accept_queue(mode: Mode) {
     const N: usize = 10;
     let node = Node::new().unwrap();
-    let a = node.add_pod("client-a").unwrap();
-    let b = node.add_pod("server-b").unwrap();
-    tests::netns::run_in(&b.netns_path(), || {
-        Ok(std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2")?)
-    })
-    .unwrap();
     let pause = ["--backlog", "1", "--accept-after-ms", "2000"];
-    let server = b.serve_args(8080, "server-b", &pause).unwrap();
-    let agent = start(
-        &node,
-        AgentConfig::new(&node)
-            .mode(mode)
-            .with(Workload::enrolled(&b)),
-    );
+    let (a, b, server) = client_and_server(&node, &pause, |b| {
+        tests::netns::run_in(&b.netns_path(), || {
+            Ok(std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2")?)
+        })
+        .unwrap();
+    });
+    let agent = start(&node, enrolled_server(&node, mode, &b));
 
     let target = addr(b.ip(), 8080);
     let before = snapshot(&agent);
-    let opts = DialOpts {
-        bytes: 200,
-        count: N,
-        barrier: true,
-        timeout_ms: 20_000,
-        ..DialOpts::default()
-    };
-    let report = a.dial(target, &opts).unwrap();
-    for r in &report.results {
-        assert_delivered(r, a.ip().into(), target);
-    }
-    assert_eq!(report.results.len(), N);
+    burst_delivered(&a, target, N, 200);
     let proxied = before.inbound_since(&snapshot(&agent), "server-b");
     assert_eq!(proxied, N as f64, "connections the proxy took for server-b");
     assert_eq!(server.accepted().len(), N, "the app accepted another count");
