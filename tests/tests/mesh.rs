@@ -70,7 +70,11 @@ impl Bed {
         let a = n1.add_pod("client-a").unwrap();
         let [b, outside] = n2.add_pods(["server-b", "outside"]).unwrap();
         Bed {
-            server: b.serve(PORT, "server-b").unwrap(),
+            // An accept queue for the 500-connection burst: on a slow kernel VM the default
+            // 128 overflows and dropped SYNs can outlast the delivery's connect timeout.
+            server: b
+                .serve_args(PORT, "server-b", &["--backlog", "1024"])
+                .unwrap(),
             a,
             b,
             outside,

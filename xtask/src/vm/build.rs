@@ -38,9 +38,16 @@ fn cargo(root: &Path, subcommand: &str) -> Command {
 /// Builds everything; `only` restricts the integration tests to those target names.
 pub fn build(root: &Path, only: &[String]) -> Result<Binaries> {
     eprintln!("xtask: vm: building static binaries in target/vm");
-    let agent_out =
-        cmd::stdout(cargo(root, "build").args(["-p", "mesh-agent", "--bin", "mesh-agent"]))
-            .context("cannot build a static mesh-agent")?;
+    // The agent as it ships (release): a debug build's TLS and HTTP/2 under TCG emulation
+    // is too slow for the 500-connection mesh scenario's timeouts.
+    let agent_out = cmd::stdout(cargo(root, "build").args([
+        "--release",
+        "-p",
+        "mesh-agent",
+        "--bin",
+        "mesh-agent",
+    ]))
+    .context("cannot build a static mesh-agent")?;
     let agent = executables(&agent_out)
         .into_iter()
         .find(|art| art.kind == "bin" && art.name == "mesh-agent" && !art.test)

@@ -14,7 +14,8 @@ use super::modules::ModuleSet;
 use super::report::marker;
 use super::userland::Userland;
 
-/// What goes into every kernel's initramfs; only the modules differ.
+/// What goes into every kernel's initramfs; only the modules and the kernel's test skips
+/// differ.
 pub struct Payload {
     pub busybox: PathBuf,
     /// Host programs, their libraries and aliases.
@@ -32,7 +33,7 @@ pub struct Payload {
 pub const PROBE_ARG: &str = "sluice.probe";
 
 /// Writes the initramfs for one kernel to `path`.
-pub fn write(path: &Path, payload: &Payload, modules: &ModuleSet) -> Result<()> {
+pub fn write(path: &Path, payload: &Payload, modules: &ModuleSet, skip: &[&str]) -> Result<()> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut cpio = cpio::Writer::new(BufWriter::new(file));
     let io =
@@ -46,7 +47,7 @@ pub fn write(path: &Path, payload: &Payload, modules: &ModuleSet) -> Result<()> 
     cpio.file(
         "init",
         0o755,
-        init_script(payload, &modules.load).as_bytes(),
+        init_script(payload, &modules.load, skip).as_bytes(),
     )
     .map_err(io)?;
     add(&mut cpio, "bin/busybox", &payload.busybox)?;
@@ -92,8 +93,12 @@ fn quote(word: &str) -> String {
 /// It never exits (that would panic the kernel): it powers off, and the host reads markers.
 /// `load` are the modules to load at boot; the kernel asks `/sbin/modprobe` (busybox) for
 /// the rest on demand.
-fn init_script(payload: &Payload, load: &[String]) -> String {
-    let args: Vec<String> = payload.test_args.iter().map(|arg| quote(arg)).collect();
+fn init_script(payload: &Payload, load: &[String], skip: &[&str]) -> String {
+    let skips = skip.iter().flat_map(|filter| ["--skip", filter]);
+    let args: Vec<String> = (payload.test_args.iter().map(String::as_str))
+        .chain(skips)
+        .map(quote)
+        .collect();
     let args = args.join(" ");
     let mut exports = String::new();
     for pair in &payload.env {
@@ -181,8 +186,8 @@ mod tests {
             test_args: vec!["it's".into()],
             env: vec!["RUST_LOG=debug".into()],
         };
-        let script = init_script(&payload, &["veth".into(), "nf_tables".into()]);
-        assert!(script.contains("run_suite 'outbound' 'it'\\''s'\n"));
+        let script = init_script(&payload, &["veth".into(), "nf_tables".into()], &["x::"]);
+        assert!(script.contains("run_suite 'outbound' 'it'\\''s' '--skip' 'x::'\n"));
         assert!(script.contains("--test-threads=1"));
         assert!(script.contains("export 'RUST_LOG=debug'\n"));
         assert!(script.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));

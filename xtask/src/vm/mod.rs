@@ -84,7 +84,10 @@ pub fn run(opts: &VmTest) -> Result<ExitCode> {
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
         let modules = kernel.module_set()?;
         let initramfs = run_dir.join("initramfs.cpio");
-        initramfs::write(&initramfs, &payload, &modules)?;
+        if !line.skip.is_empty() {
+            eprintln!("xtask: vm: {}: leaving out {:?}", line.label, line.skip);
+        }
+        initramfs::write(&initramfs, &payload, &modules, line.skip)?;
         accel = qemu::choose(accel, &kernel.vmlinuz, &initramfs, &run_dir)?;
         let run = boot(&kernel, &initramfs, &run_dir, accel, timeout, opts.keep)?;
         if !opts.keep {
