@@ -365,6 +365,14 @@ fn outside_client_permissive_then_strict(mode: Mode) {
     assert_refused(&r, "plaintext under STRICT");
     strict.expect_rise(&agent2, d0, 1.0).unwrap();
 
+    // Plaintext straight at the tunnel port: refused before any TLS, and counted.
+    let plaintext = handshake_failures("server", "plaintext");
+    let h0 = plaintext.read(&agent2).unwrap();
+    let tunnel = SocketAddr::new(bed.b.ip().into(), TUNNEL_PORT);
+    let r = bed.outside.dial_one(tunnel, 4 * KIB).unwrap();
+    assert_refused(&r, "plaintext on the tunnel port");
+    plaintext.expect_rise(&agent2, h0, 1.0).unwrap();
+
     // The meshed call is the barrier: the only connection the app saw since.
     bed.expect_meshed_call(&agent1, &agent2);
     expect_only_new_peer(&bed.server, before, bed.a.ip().into());
