@@ -31,7 +31,7 @@ use crate::{
         netfilter::NetfilterRedirect,
         router::Router,
     },
-    sys::{mounts, netns},
+    sys::{limits, mounts, netns},
 };
 
 /// How often the memory trimmer looks whether connections have come and gone.
@@ -44,6 +44,10 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 /// a restarted agent takes over without a gap (`mesh-agent cleanup` removes it).
 pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     netns::remember_home().context("recording the agent's netns")?;
+    match limits::raise_open_files() {
+        Ok(limit) => info!(limit, "open file limit"),
+        Err(error) => warn!(%error, "cannot raise the open file limit"),
+    }
     let metrics = Metrics::new();
     let rejections = metrics.config_rejections.clone();
     let mut configs = FileSource::new(config_path)

@@ -1,5 +1,6 @@
 //! Thin wrappers over the host facts and syscalls the agent needs: mounts, cgroups, netns.
 pub mod exec;
+pub mod limits;
 pub mod memory;
 pub mod mounts;
 pub mod netns;
