@@ -74,8 +74,8 @@ pub struct LiveConnections {
     registry: Arc<Registry>,
 }
 
-#[allow(dead_code)] // used by the proxy's inbound paths
 impl LiveConnections {
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
@@ -96,11 +96,13 @@ impl LiveConnections {
         }
     }
 
+    #[cfg(test)]
     /// How many connections are registered (revoked ones included until they close).
     pub fn len(&self) -> usize {
         self.registry.entries().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -160,7 +162,6 @@ pub struct LiveGuard {
     entry: Arc<Entry>,
 }
 
-#[allow(dead_code)] // used by the proxy's inbound paths
 impl LiveGuard {
     /// Completes once the connection must be closed; at once if it already must.
     ///
@@ -172,6 +173,7 @@ impl LiveGuard {
         let _ = rx.wait_for(|revoked| *revoked).await;
     }
 
+    #[cfg(test)]
     pub fn is_revoked(&self) -> bool {
         *self.entry.revoked.borrow()
     }

@@ -54,7 +54,6 @@ pub enum Decision {
     },
 }
 
-#[allow(dead_code)] // used by the proxy's inbound paths
 impl Decision {
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow)
@@ -70,7 +69,6 @@ pub enum DenyReason {
     NoAllowMatch,
 }
 
-#[allow(dead_code)] // used by the proxy's inbound paths
 impl DenyReason {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -129,7 +127,6 @@ pub struct Policies {
     peer: PeerAuthIndex,
 }
 
-#[allow(dead_code)] // used by the proxy's inbound paths
 impl Policies {
     pub fn new(config: &Config) -> Self {
         let mut sorted: Vec<&AuthorizationPolicy> = config.authorization_policies.iter().collect();

@@ -101,11 +101,6 @@ impl Identities {
         Ok(identities)
     }
 
-    #[allow(dead_code)] // API for the tunnel (proxy/tunnel), which does not call it yet
-    pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
-    }
-
     pub fn id_for(&self, namespace: &str, service_account: &str) -> SpiffeId {
         SpiffeId::new(&self.trust_domain, namespace, service_account)
     }

@@ -52,7 +52,7 @@ fn start_err(settings: &IdentitySettings) -> String {
 async fn ca_mode_issues_per_service_account_and_caches_configs() {
     let (_, dir) = test_ca("store-ca", TD);
     let ids = Identities::start(&ca_settings(&dir, Duration::from_secs(3600))).unwrap();
-    assert_eq!(ids.trust_domain(), TD);
+    assert_eq!(ids.id_for("default", "a").trust_domain(), TD);
     let (a, b) = (ids.id_for("default", "a"), ids.id_for("default", "b"));
     assert_eq!(b.to_string(), "spiffe://cluster.local/ns/default/sa/b");
 

@@ -14,13 +14,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc
     let Some(dst) = super::destination_or_reset(&client, &pod, destination) else {
         return;
     };
-    if ctx.strict(&pod.workload) {
-        debug!(%dst, "plaintext to a STRICT workload; refusing");
-        ctx.metrics.authz_denied("plaintext_strict");
-        l4::reset(&client);
-        return;
-    }
-    // Registered before the check, so a policy change between the two still sees it.
+    // Registered before the checks, so a policy change between the two still sees it.
     let live = ctx.live.register(OwnedConnection {
         destination: pod.workload.key(),
         destination_port: dst.port(),
@@ -28,6 +22,12 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc
         source_principal: None,
         source_namespace: None,
     });
+    if ctx.strict(&pod.workload) {
+        debug!(%dst, "plaintext to a STRICT workload; refusing");
+        ctx.metrics.authz_denied("plaintext_strict");
+        l4::reset(&client);
+        return;
+    }
     if !ctx.authorize(&live.connection().connection(&pod.workload)) {
         l4::reset(&client);
         return;
