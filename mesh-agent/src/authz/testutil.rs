@@ -52,6 +52,8 @@ pub fn config(workloads: Vec<Workload>, authz_yaml: &str, peer_yaml: &str) -> Co
         workloads,
         authorization_policies,
         peer_authentications,
+        services: Vec::new(),
+        http_routes: Vec::new(),
     }
 }
 

@@ -8,8 +8,10 @@ mod file;
 pub mod identity;
 mod model;
 pub mod policy;
+pub mod route;
+pub mod service;
 
-pub use file::FileSource;
+pub use file::{FileSource, parse};
 pub use model::{Config, ModeSetting, ProxySettings, RedirectMode, Workload, WorkloadKey};
 
 use std::{path::PathBuf, sync::Arc};

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     identity::IdentitySettings,
     policy::{AuthorizationPolicy, MtlsMode, PeerAuthentication},
+    route::HttpRoute,
+    service::Service,
 };
 
 /// The whole configuration of one node's agent.
@@ -34,6 +36,8 @@ pub struct Config {
     pub workloads: Vec<Workload>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
+    pub services: Vec<Service>,
+    pub http_routes: Vec<HttpRoute>,
 }
 
 /// How pods are steered into the proxy, node-wide (a workload may override it).
@@ -229,6 +233,10 @@ struct RawConfig {
     authorization_policies: Vec<AuthorizationPolicy>,
     #[serde(default)]
     peer_authentications: Vec<PeerAuthentication>,
+    #[serde(default)]
+    services: Vec<Service>,
+    #[serde(default)]
+    http_routes: Vec<HttpRoute>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -265,6 +273,7 @@ impl TryFrom<RawConfig> for Config {
             }
         }
         check_policies(&raw)?;
+        check_services(&raw)?;
         let mut workloads = raw.workloads;
         for w in &mut workloads {
             if w.node.as_ref() == Some(&raw.node) {
@@ -290,6 +299,8 @@ impl TryFrom<RawConfig> for Config {
             workloads,
             authorization_policies: raw.authorization_policies,
             peer_authentications: raw.peer_authentications,
+            services: raw.services,
+            http_routes: raw.http_routes,
         })
     }
 }
@@ -323,6 +334,55 @@ fn check_policies(raw: &RawConfig) -> Result<(), String> {
             return Err(format!(
                 "{who}: STRICT needs the identity section (without it mTLS is off)"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Each service valid and named once, each virtual address and port owned by one service,
+/// and every route's parents and backends services that exist.
+fn check_services(raw: &RawConfig) -> Result<(), String> {
+    let mut names = HashSet::new();
+    let mut frontends = HashSet::new();
+    for s in &raw.services {
+        s.validate()?;
+        if !names.insert((s.namespace.as_str(), s.name.as_str())) {
+            return Err(format!("services: {}/{} is listed twice", s.namespace, s.name));
+        }
+        for vip in &s.vips {
+            for p in &s.ports {
+                if !frontends.insert((*vip, p.port)) {
+                    return Err(format!(
+                        "services: {}/{}: {} is another service's too",
+                        s.namespace,
+                        s.name,
+                        SocketAddr::new(*vip, p.port)
+                    ));
+                }
+            }
+        }
+    }
+    let mut routes = HashSet::new();
+    for r in &raw.http_routes {
+        r.validate()?;
+        let who = format!("httpRoutes: {}/{}", r.namespace, r.name);
+        if !routes.insert((&r.namespace, &r.name)) {
+            return Err(format!("{who} is listed twice"));
+        }
+        let refs = (r.parent_refs.iter().map(|p| (&p.name, &p.namespace, p.port)))
+            .chain(r.rules.iter().flat_map(|rule| {
+                (rule.backend_refs.iter()).map(|b| (&b.name, &b.namespace, b.port))
+            }));
+        for (name, namespace, port) in refs {
+            let namespace = namespace.as_ref().unwrap_or(&r.namespace);
+            let service = (raw.services.iter())
+                .find(|s| &s.name == name && &s.namespace == namespace)
+                .ok_or_else(|| format!("{who}: no service {namespace}/{name}"))?;
+            if let Some(port) = port
+                && !service.ports.iter().any(|p| p.port == port)
+            {
+                return Err(format!("{who}: service {namespace}/{name} has no port {port}"));
+            }
         }
     }
     Ok(())

@@ -1,5 +1,9 @@
-//! Node state derived from the configuration: who owns which IP (to name destinations in
-//! metrics).
+//! Node state derived from the configuration, indexed for the data path: who owns which IP
+//! (to name destinations in metrics) and which service answers at which virtual address.
+mod services;
+
+pub use services::{Backend, Endpoint, Frontend, RouteRule, ServiceIndex, ServiceKey, ServiceView};
+
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use crate::config::{Config, Workload};
