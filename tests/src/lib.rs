@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod echo;
 pub mod http;
+pub mod http_app;
 pub mod identity;
 pub mod inbound;
 pub mod link_capture;
