@@ -2,7 +2,7 @@
 //! there and parsing their one-line JSON reports (the types below, which the app prints).
 //!
 //! The servers come back as [`Server`] (killed on drop); what they printed is read with
-//! [`requests`] (`serve`: one `REQ` line per request).
+//! [`requests`] (`serve`: one `REQ` line per request) and [`rpcs`] (`grpc-serve`).
 
 use crate::pod::Pod;
 use crate::proc::{Proc, Server};
@@ -76,6 +76,22 @@ pub struct LoadReport {
     /// Latency percentiles of the requests that got a response (0 when none did).
     pub p50_us: u64,
     pub p99_us: u64,
+}
+
+/// A `grpc-call` run.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct GrpcReport {
+    /// Every call ended with status 0.
+    pub ok: bool,
+    /// Calls by final gRPC status code (0 = OK).
+    pub grpc_statuses: BTreeMap<i32, u64>,
+    /// Reply messages (unary replies or stream items).
+    pub messages_received: u64,
+    /// Unary replies by the server's `served_by`.
+    pub by_served_by: BTreeMap<String, u64>,
+    /// The connect error, or the first failing call's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Options for `sluice-httpapp load`.
@@ -218,6 +234,15 @@ impl LoadOpts {
     }
 }
 
+/// What a `grpc-call` does.
+#[derive(Clone, Copy, Debug)]
+pub enum GrpcCall {
+    /// `n` unary `Say` calls; a non-zero `fail_code` asks the server to fail each with it.
+    Unary { n: u32, fail_code: i32 },
+    /// One server-streaming `Count` call of `n` items.
+    Stream { n: u32 },
+}
+
 /// Added to every client's budget: process start and a slow machine.
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -262,6 +287,11 @@ pub fn serve_http(pod: &Pod, port: u16, id: &str, extra: &[&str]) -> Result<Serv
     start(pod, port, id, &["serve", "--id", id], extra)
 }
 
+/// `grpc-serve`: the `sluice.test.Echo` service on `port`.
+pub fn serve_grpc(pod: &Pod, port: u16, id: &str, extra: &[&str]) -> Result<Server> {
+    start(pod, port, id, &["grpc-serve", "--id", id], extra)
+}
+
 /// Starts a client subcommand in the pod without waiting; see [`finish`].
 pub fn spawn_client(pod: &Pod, args: &[String]) -> Result<Proc> {
     let mut cmd = pod.command(httpapp_bin()?)?;
@@ -297,6 +327,24 @@ pub fn http_load(pod: &Pod, addr: SocketAddr, opts: &LoadOpts) -> Result<LoadRep
     finish_load(spawn_http_load(pod, addr, opts)?, opts)
 }
 
+/// Runs `grpc-call` against `addr` from the pod (5 s per call).
+pub fn grpc_call(pod: &Pod, addr: SocketAddr, call: GrpcCall) -> Result<GrpcReport> {
+    let mut args = vec!["grpc-call".to_string(), addr.to_string()];
+    let calls = match call {
+        GrpcCall::Unary { n, fail_code } => {
+            args.extend(["--unary".into(), n.to_string()]);
+            args.extend(["--fail-code".into(), fail_code.to_string()]);
+            n
+        }
+        GrpcCall::Stream { n } => {
+            args.extend(["--stream".into(), n.to_string()]);
+            1
+        }
+    };
+    let budget = Duration::from_secs(5) * (calls + 1) + SLACK;
+    finish(spawn_client(pod, &args)?, budget)
+}
+
 /// One request as `serve` logged it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServedRequest {
@@ -327,6 +375,20 @@ pub fn requests(server: &Server) -> Vec<ServedRequest> {
 /// How many requests for `path` reached a `serve` process.
 pub fn count_requests(server: &Server, path: &str) -> usize {
     requests(server).iter().filter(|r| r.path == path).count()
+}
+
+/// The methods (`Say`, `Count`) of every call a `grpc-serve` process answered.
+pub fn rpcs(server: &Server) -> Vec<String> {
+    prefixed(server, "RPC ")
+}
+
+fn prefixed(server: &Server, prefix: &str) -> Vec<String> {
+    server
+        .proc
+        .lines()
+        .iter()
+        .filter_map(|l| l.strip_prefix(prefix).map(String::from))
+        .collect()
 }
 
 #[cfg(test)]

@@ -7,11 +7,15 @@
 //!
 //! - `serve --port P --id NAME [--ipv6] [--delay-ms D]`: HTTP/1.1 and h2c on one port
 //!   (`serve.rs`), one `REQ <method> <path> key=<x-test-key or ->` line per request.
+//! - `grpc-serve --port P --id NAME [--ipv6]`, `grpc-call ADDR --unary N [--fail-code C] |
+//!   --stream N [--timeout-ms T]`: the `sluice.test.Echo` service (`grpc.rs`).
 //! - `load ADDR [options]`: an HTTP/1.1 or h2c load client (`load.rs`).
 
 // A binary crate's root looks for modules beside it, not in httpapp/.
 #[path = "httpapp/args.rs"]
 mod args;
+#[path = "httpapp/grpc.rs"]
+mod grpc;
 #[path = "httpapp/load.rs"]
 mod load;
 #[path = "httpapp/serve.rs"]
@@ -19,7 +23,8 @@ mod serve;
 
 use args::Fail;
 
-const USAGE: &str = "usage: sluice-httpapp serve|load ... (see the source's module doc)";
+const USAGE: &str =
+    "usage: sluice-httpapp serve|grpc-serve|grpc-call|load ... (see the source's module doc)";
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +42,8 @@ fn main() {
     let res = runtime.block_on(async {
         match cmd {
             "serve" => serve::run(rest).await,
+            "grpc-serve" => grpc::serve(rest).await,
+            "grpc-call" => grpc::call(rest).await,
             "load" => load::run(rest).await,
             _ => Err(Fail::Usage(USAGE.into())),
         }
