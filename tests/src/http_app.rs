@@ -2,7 +2,8 @@
 //! there and parsing their one-line JSON reports (the types below, which the app prints).
 //!
 //! The servers come back as [`Server`] (killed on drop); what they printed is read with
-//! [`requests`] (`serve`: one `REQ` line per request) and [`rpcs`] (`grpc-serve`).
+//! [`requests`] (`serve`: one `REQ` line per request), [`rpcs`] (`grpc-serve`), [`snis`]
+//! (`tls-serve`) and [`banner_peers`] (`banner`).
 
 use crate::pod::Pod;
 use crate::proc::{Proc, Server};
@@ -90,6 +91,47 @@ pub struct GrpcReport {
     /// Unary replies by the server's `served_by`.
     pub by_served_by: BTreeMap<String, u64>,
     /// The connect error, or the first failing call's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A `banner-dial` run.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct BannerReport {
+    /// A whole banner line arrived.
+    pub ok: bool,
+    /// The first line, without its line end.
+    pub banner: Option<String>,
+    /// From `connect()` returning to the first byte received.
+    pub first_byte_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A `tls-dial` run.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct TlsReport {
+    /// The handshake succeeded and every byte came back unchanged.
+    pub ok: bool,
+    pub bytes_echoed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A `raw` run.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct RawReport {
+    /// The reply's first line (without its line end); `None` when nothing came back.
+    pub status_line: Option<String>,
+    /// The whole reply as text (at most 64 KiB).
+    pub reply: String,
+    /// From connect to the reply's end (close or timeout).
+    pub elapsed_ms: u64,
+    /// The peer closed (FIN or reset) rather than the read timing out.
+    pub closed_by_peer: bool,
+    /// It was a reset.
+    pub reset: bool,
+    pub bytes_sent: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -243,6 +285,27 @@ pub enum GrpcCall {
     Stream { n: u32 },
 }
 
+/// What `raw` sends and how.
+#[derive(Clone, Debug)]
+pub struct RawOpts {
+    /// Sent as given, after `\r`, `\n`, `\t`, `\\` and `\xHH` escapes are interpreted.
+    pub send: String,
+    /// One byte every this many ms instead of all at once.
+    pub trickle_ms: Option<u64>,
+    /// How long to wait for the reply once writing ended.
+    pub read_timeout_ms: u64,
+}
+
+impl RawOpts {
+    pub fn new(send: &str) -> Self {
+        RawOpts {
+            send: send.into(),
+            trickle_ms: None,
+            read_timeout_ms: 5000,
+        }
+    }
+}
+
 /// Added to every client's budget: process start and a slow machine.
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -290,6 +353,16 @@ pub fn serve_http(pod: &Pod, port: u16, id: &str, extra: &[&str]) -> Result<Serv
 /// `grpc-serve`: the `sluice.test.Echo` service on `port`.
 pub fn serve_grpc(pod: &Pod, port: u16, id: &str, extra: &[&str]) -> Result<Server> {
     start(pod, port, id, &["grpc-serve", "--id", id], extra)
+}
+
+/// `banner`: writes `text` and `\r\n` to each connection first, then echoes.
+pub fn serve_banner(pod: &Pod, port: u16, text: &str, extra: &[&str]) -> Result<Server> {
+    start(pod, port, text, &["banner", "--text", text], extra)
+}
+
+/// `tls-serve`: a TLS 1.3 echo with a self-signed certificate for `id`.
+pub fn serve_tls(pod: &Pod, port: u16, id: &str, extra: &[&str]) -> Result<Server> {
+    start(pod, port, id, &["tls-serve", "--id", id], extra)
 }
 
 /// Starts a client subcommand in the pod without waiting; see [`finish`].
@@ -345,6 +418,51 @@ pub fn grpc_call(pod: &Pod, addr: SocketAddr, call: GrpcCall) -> Result<GrpcRepo
     finish(spawn_client(pod, &args)?, budget)
 }
 
+/// Runs `banner-dial` against `addr` from the pod.
+pub fn banner_dial(pod: &Pod, addr: SocketAddr, timeout_ms: u64) -> Result<BannerReport> {
+    let args = [
+        "banner-dial".into(),
+        addr.to_string(),
+        "--timeout-ms".into(),
+        timeout_ms.to_string(),
+    ];
+    finish(
+        spawn_client(pod, &args)?,
+        Duration::from_millis(timeout_ms * 2) + SLACK,
+    )
+}
+
+/// Runs `tls-dial` against `addr` from the pod: `bytes` echoed over TLS with SNI `sni`.
+pub fn tls_dial(pod: &Pod, addr: SocketAddr, sni: &str, bytes: u64) -> Result<TlsReport> {
+    let args = [
+        "tls-dial".into(),
+        addr.to_string(),
+        "--sni".into(),
+        sni.into(),
+        "--bytes".into(),
+        bytes.to_string(),
+    ];
+    finish(spawn_client(pod, &args)?, Duration::from_secs(10) + SLACK)
+}
+
+/// Runs `raw` against `addr` from the pod.
+pub fn raw_send(pod: &Pod, addr: SocketAddr, opts: &RawOpts) -> Result<RawReport> {
+    let mut args = vec![
+        "raw".into(),
+        addr.to_string(),
+        "--send".into(),
+        opts.send.clone(),
+        "--read-timeout-ms".into(),
+        opts.read_timeout_ms.to_string(),
+    ];
+    let mut budget = Duration::from_millis(opts.read_timeout_ms) + SLACK;
+    if let Some(ms) = opts.trickle_ms {
+        args.extend(["--trickle-ms".into(), ms.to_string()]);
+        budget += Duration::from_millis(ms * opts.send.len() as u64);
+    }
+    finish(spawn_client(pod, &args)?, budget)
+}
+
 /// One request as `serve` logged it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServedRequest {
@@ -380,6 +498,19 @@ pub fn count_requests(server: &Server, path: &str) -> usize {
 /// The methods (`Say`, `Count`) of every call a `grpc-serve` process answered.
 pub fn rpcs(server: &Server) -> Vec<String> {
     prefixed(server, "RPC ")
+}
+
+/// The SNI of every handshake a `tls-serve` process completed (`None`: the client sent none).
+pub fn snis(server: &Server) -> Vec<Option<String>> {
+    prefixed(server, "SNI ")
+        .into_iter()
+        .map(|s| (s != "-").then_some(s))
+        .collect()
+}
+
+/// The peer of every connection a `banner` process accepted.
+pub fn banner_peers(server: &Server) -> Vec<String> {
+    prefixed(server, "CONN peer=")
 }
 
 fn prefixed(server: &Server, prefix: &str) -> Vec<String> {
