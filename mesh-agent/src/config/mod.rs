@@ -11,8 +11,12 @@ pub mod policy;
 pub mod route;
 pub mod service;
 
-pub use file::{FileSource, parse};
-pub use model::{Config, ModeSetting, ProxySettings, RedirectMode, Workload, WorkloadKey};
+pub use file::FileSource;
+#[cfg(test)]
+pub use file::parse;
+pub use model::{
+    AccessLogFormat, Config, ModeSetting, ProxySettings, RedirectMode, Workload, WorkloadKey,
+};
 
 use std::{path::PathBuf, sync::Arc};
 

@@ -105,6 +105,31 @@ pub struct ProxySettings {
     /// A connection with no bytes either way for this long is closed.
     #[serde(with = "humantime_serde", default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
+    /// How long a client connecting to a service port without `appProtocol` may stay
+    /// silent before its connection is taken as opaque TCP.
+    #[serde(
+        with = "humantime_serde",
+        default = "defaults::protocol_detection_timeout"
+    )]
+    pub protocol_detection_timeout: Duration,
+    /// An HTTP/1 client must send a request's whole header within this time.
+    #[serde(with = "humantime_serde", default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Largest request header accepted (431 beyond it for HTTP/1).
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// One line per HTTP request on stdout, with Envoy's default fields.
+    #[serde(default)]
+    pub access_log: AccessLogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Off,
+    Text,
+    Json,
 }
 
 impl Default for ProxySettings {
@@ -112,6 +137,10 @@ impl Default for ProxySettings {
         Self {
             connect_timeout: defaults::connect_timeout(),
             idle_timeout: defaults::idle_timeout(),
+            protocol_detection_timeout: defaults::protocol_detection_timeout(),
+            header_read_timeout: defaults::header_read_timeout(),
+            max_header_bytes: defaults::max_header_bytes(),
+            access_log: AccessLogFormat::default(),
         }
     }
 }
@@ -187,6 +216,15 @@ mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(3600)
+    }
+    pub fn protocol_detection_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_header_bytes() -> usize {
+        64 * 1024
     }
     pub fn bpffs_root() -> PathBuf {
         PathBuf::from("/sys/fs/bpf/sluice")
@@ -347,7 +385,10 @@ fn check_services(raw: &RawConfig) -> Result<(), String> {
     for s in &raw.services {
         s.validate()?;
         if !names.insert((s.namespace.as_str(), s.name.as_str())) {
-            return Err(format!("services: {}/{} is listed twice", s.namespace, s.name));
+            return Err(format!(
+                "services: {}/{} is listed twice",
+                s.namespace, s.name
+            ));
         }
         for vip in &s.vips {
             for p in &s.ports {
@@ -369,7 +410,10 @@ fn check_services(raw: &RawConfig) -> Result<(), String> {
         if !routes.insert((&r.namespace, &r.name)) {
             return Err(format!("{who} is listed twice"));
         }
-        let refs = (r.parent_refs.iter().map(|p| (&p.name, &p.namespace, p.port)))
+        let refs =
+            (r.parent_refs
+                .iter()
+                .map(|p| (&p.name, &p.namespace, p.port)))
             .chain(r.rules.iter().flat_map(|rule| {
                 (rule.backend_refs.iter()).map(|b| (&b.name, &b.namespace, b.port))
             }));
@@ -381,7 +425,9 @@ fn check_services(raw: &RawConfig) -> Result<(), String> {
             if let Some(port) = port
                 && !service.ports.iter().any(|p| p.port == port)
             {
-                return Err(format!("{who}: service {namespace}/{name} has no port {port}"));
+                return Err(format!(
+                    "{who}: service {namespace}/{name} has no port {port}"
+                ));
             }
         }
     }

@@ -169,7 +169,11 @@ impl HttpRoute {
         if self.parent_refs.is_empty() {
             return Err(format!("{who}: parentRefs must name a service"));
         }
-        if let Some(p) = self.parent_refs.iter().find(|p| !is_service(&p.group, &p.kind)) {
+        if let Some(p) = self
+            .parent_refs
+            .iter()
+            .find(|p| !is_service(&p.group, &p.kind))
+        {
             return Err(format!(
                 "{who}: parentRefs: {} is a {:?}; only core Services are parents in the mesh",
                 p.name, p.kind
@@ -181,19 +185,32 @@ impl HttpRoute {
             ));
         }
         for rule in &self.rules {
-            if !rule.filters.is_empty() || rule.backend_refs.iter().any(|b| !b.filters.is_empty())
-            {
+            if !rule.filters.is_empty() || rule.backend_refs.iter().any(|b| !b.filters.is_empty()) {
                 return Err(format!("{who}: filters are not supported"));
             }
-            if let Some(b) = rule.backend_refs.iter().find(|b| !is_service(&b.group, &b.kind)) {
-                return Err(format!("{who}: backendRefs: {} is not a core Service", b.name));
+            if let Some(b) = rule
+                .backend_refs
+                .iter()
+                .find(|b| !is_service(&b.group, &b.kind))
+            {
+                return Err(format!(
+                    "{who}: backendRefs: {} is not a core Service",
+                    b.name
+                ));
             }
             for m in &rule.matches {
-                let regex = m.path.as_ref().map(|p| p.kind) == Some(PathMatchType::RegularExpression)
-                    || m.headers.iter().any(|h| h.kind == ValueMatchType::RegularExpression)
-                    || m.query_params.iter().any(|q| q.kind == ValueMatchType::RegularExpression);
+                let regex = m.path.as_ref().map(|p| p.kind)
+                    == Some(PathMatchType::RegularExpression)
+                    || m.headers
+                        .iter()
+                        .any(|h| h.kind == ValueMatchType::RegularExpression)
+                    || m.query_params
+                        .iter()
+                        .any(|q| q.kind == ValueMatchType::RegularExpression);
                 if regex {
-                    return Err(format!("{who}: RegularExpression matches are not supported"));
+                    return Err(format!(
+                        "{who}: RegularExpression matches are not supported"
+                    ));
                 }
                 if let Some(path) = &m.path
                     && !path.value.starts_with('/')
@@ -206,7 +223,12 @@ impl HttpRoute {
             {
                 return Err(format!("{who}: retry: at most 10 attempts"));
             }
-            if rule.retry.iter().flat_map(|r| &r.codes).any(|c| !(100..600).contains(c)) {
+            if rule
+                .retry
+                .iter()
+                .flat_map(|r| &r.codes)
+                .any(|c| !(100..600).contains(c))
+            {
                 return Err(format!("{who}: retry: codes must be HTTP status codes"));
             }
         }
@@ -241,7 +263,10 @@ rules:
         r.validate().unwrap();
         let rule = &r.rules[0];
         assert_eq!(r.parent_refs[0].kind, "Service");
-        assert_eq!(rule.matches[0].path.as_ref().unwrap().kind, PathMatchType::PathPrefix);
+        assert_eq!(
+            rule.matches[0].path.as_ref().unwrap().kind,
+            PathMatchType::PathPrefix
+        );
         assert_eq!(rule.backend_refs[1].weight, 10);
         let t = rule.timeouts.as_ref().unwrap();
         assert_eq!(t.backend_request, Some(Duration::from_millis(500)));
@@ -259,7 +284,8 @@ rules:
         assert!(refused("rules: [{filters: [{type: RequestHeaderModifier}]}]").contains("filters"));
         let regex = "rules: [{matches: [{path: {type: RegularExpression, value: /a.*}}]}]";
         assert!(refused(regex).contains("RegularExpression"));
-        let gateway = "name: r\nparentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]";
+        let gateway =
+            "name: r\nparentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]";
         let r: HttpRoute = serde_yaml_ng::from_str(gateway).unwrap();
         assert!(r.validate().unwrap_err().contains("Gateway"));
     }

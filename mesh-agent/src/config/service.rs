@@ -211,8 +211,12 @@ mod tests {
                 .unwrap_err()
         };
         assert!(bad("name: a\nvips: []\nports: [{port: 80}]").contains("vips"));
-        assert!(bad("name: a\nvips: [10.0.0.1]\nports: [{port: 80}, {port: 80}]").contains("twice"));
-        assert!(bad("name: a\nvips: [10.0.0.1]\nports: [{port: 80, appProtocol: ftp}]").contains("ftp"));
+        assert!(
+            bad("name: a\nvips: [10.0.0.1]\nports: [{port: 80}, {port: 80}]").contains("twice")
+        );
+        assert!(
+            bad("name: a\nvips: [10.0.0.1]\nports: [{port: 80, appProtocol: ftp}]").contains("ftp")
+        );
         let rate = "name: a\nvips: [10.0.0.1]\nports: [{port: 80}]\n\
                     trafficPolicy: {rateLimit: {requestsPerSecond: 0}}";
         assert!(bad(rate).contains("requestsPerSecond"));

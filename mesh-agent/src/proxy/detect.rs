@@ -6,7 +6,10 @@
 //! stays silent through the window, the connection is opaque TCP.
 use std::{future::Future, io, pin::Pin, time::Duration};
 
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    net::TcpStream,
+};
 
 /// Enough for a TLS record with a ClientHello, and for a long HTTP/1 request line.
 const MAX_PEEK: usize = 16 * 1024 + 5;
@@ -23,7 +26,9 @@ pub enum Protocol {
     Http1,
     Http2,
     /// A TLS ClientHello, passed through as TCP; the server name it asked for, if any.
-    Tls { sni: Option<String> },
+    Tls {
+        sni: Option<String>,
+    },
     Opaque(Opaque),
 }
 
@@ -48,17 +53,28 @@ impl Protocol {
     }
 }
 
+/// A byte stream to the upstream: a TCP connection or a tunnel stream.
+pub trait UpstreamStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpstreamStream for T {}
+
+pub type Dial = Pin<Box<dyn Future<Output = io::Result<Box<dyn UpstreamStream>>> + Send>>;
+
 /// The upstream dial, done or still under way when detection decided.
 pub enum Upstream {
-    Connected(io::Result<TcpStream>),
-    Dialling(Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>),
+    /// Connected, with what the server already sent (read, so it must go to the client
+    /// first).
+    Connected(Box<dyn UpstreamStream>, Vec<u8>),
+    Failed(io::Error),
+    Dialling(Dial),
 }
 
 impl Upstream {
-    pub async fn connection(self) -> io::Result<TcpStream> {
+    /// The connection and the server's first bytes, once dialled.
+    pub async fn connection(self) -> io::Result<(Box<dyn UpstreamStream>, Vec<u8>)> {
         match self {
-            Upstream::Connected(result) => result,
-            Upstream::Dialling(dial) => dial.await,
+            Upstream::Connected(stream, first) => Ok((stream, first)),
+            Upstream::Failed(error) => Err(error),
+            Upstream::Dialling(dial) => Ok((dial.await?, Vec::new())),
         }
     }
 }
@@ -67,21 +83,23 @@ impl Upstream {
 pub async fn detect_beside_dial(
     client: &TcpStream,
     window: Duration,
-    dial: Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>,
+    mut dial: Dial,
 ) -> (Protocol, Upstream) {
-    let mut dial = dial;
     let client_first = client_speaks(client, window);
     tokio::pin!(client_first);
     tokio::select! {
         protocol = &mut client_first => (protocol, Upstream::Dialling(dial)),
         connected = &mut dial => {
-            let Ok(server) = connected else {
-                return (client_first.await, Upstream::Connected(connected));
+            let mut server = match connected {
+                Ok(server) => server,
+                Err(error) => return (client_first.await, Upstream::Failed(error)),
             };
+            let mut first = vec![0u8; 4096];
             tokio::select! {
-                protocol = &mut client_first => (protocol, Upstream::Connected(Ok(server))),
-                _ = server.readable() => {
-                    (Protocol::Opaque(Opaque::ServerFirst), Upstream::Connected(Ok(server)))
+                protocol = &mut client_first => (protocol, Upstream::Connected(server, Vec::new())),
+                read = server.read(&mut first) => {
+                    first.truncate(read.unwrap_or(0));
+                    (Protocol::Opaque(Opaque::ServerFirst), Upstream::Connected(server, first))
                 }
             }
         }
@@ -156,15 +174,11 @@ fn http1(bytes: &[u8]) -> Option<Protocol> {
     if !METHODS.iter().any(|m| m.starts_with(method)) {
         return opaque;
     }
-    let Some(method_len) = method_len else {
-        return None;
-    };
+    let method_len = method_len?;
     if !METHODS.contains(&method) {
         return opaque;
     }
-    let Some(line_end) = bytes.windows(2).position(|w| w == b"\r\n") else {
-        return None;
-    };
+    let line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
     let line = &bytes[method_len + 1..line_end];
     let is_http = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
     if is_http && !line.starts_with(b" ") {
@@ -178,15 +192,17 @@ fn http1(bytes: &[u8]) -> Option<Protocol> {
 fn tls(bytes: &[u8]) -> Option<Protocol> {
     let opaque = Some(Protocol::Opaque(Opaque::Unrecognized));
     if bytes.len() < 6 {
-        return if bytes.get(1).is_none_or(|v| *v == 3) { None } else { opaque };
+        return if bytes.get(1).is_none_or(|v| *v == 3) {
+            None
+        } else {
+            opaque
+        };
     }
     if bytes[1] != 3 || bytes[5] != 1 {
         return opaque;
     }
     let record_len = usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
-    let Some(record) = bytes.get(5..5 + record_len) else {
-        return None;
-    };
+    let record = bytes.get(5..5 + record_len)?;
     Some(Protocol::Tls {
         sni: server_name(record),
     })

@@ -1,15 +1,20 @@
 //! The node proxy. [`pod`] holds each captured pod's listeners inside its netns. Every
 //! request path is accept → decide → dial → relay: [`outbound`] dials the original
 //! destination from the pod's netns ([`upstream`]) or, for a pod in the mesh, opens a
-//! stream in a [`tunnel`]; [`inbound`] and the tunnel's server deliver to the app from the
-//! client's address ([`delivery`]) once the pod's policy allows it; [`l4`] relays bytes
-//! between the two sockets.
+//! stream in a [`tunnel`]; a connection to a service's virtual address goes to
+//! [`service`], which serves HTTP itself ([`http`]) and balances TCP over the service's
+//! endpoints; [`inbound`] and the tunnel's server deliver to the app from the client's
+//! address ([`delivery`]) once the pod's policy allows it; [`l4`] relays bytes between the
+//! two sockets.
 pub mod delivery;
+pub mod detect;
+pub mod http;
 pub mod inbound;
 pub mod l4;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pod;
+pub mod service;
 pub mod tunnel;
 pub mod upstream;
 
@@ -32,7 +37,7 @@ use crate::{
     config::{Config, ProxySettings, Workload},
     identity::Identities,
     metrics::{ConnectionCounters, Metrics, TcpLabels},
-    state::WorkloadIndex,
+    state::{ServiceIndex, WorkloadIndex},
 };
 
 /// The mesh's mTLS: present when the config has an `identity` section.
@@ -48,8 +53,11 @@ pub struct ProxyContext {
     pub mesh: Option<Mesh>,
     /// Inbound connections under policy, closed when a new policy no longer allows them.
     pub live: LiveConnections,
+    /// Services' live endpoint state and the pods' upstream HTTP pools.
+    pub http: http::Http,
     settings: RwLock<ProxySettings>,
     workloads: RwLock<Arc<WorkloadIndex>>,
+    services: RwLock<Arc<ServiceIndex>>,
     policies: RwLock<Arc<Policies>>,
     /// Connections finished since start: tells the memory trimmer that memory may be free.
     finished: AtomicU64,
@@ -66,11 +74,13 @@ impl ProxyContext {
             pool: Pool::start(metrics.clone()),
         });
         Arc::new(Self {
+            http: http::Http::new(metrics.clone(), config.proxy.access_log),
             metrics,
             mesh,
             live: LiveConnections::default(),
             settings: RwLock::new(config.proxy.clone()),
             workloads: RwLock::new(Arc::new(WorkloadIndex::new(config))),
+            services: RwLock::new(Arc::new(ServiceIndex::new(config))),
             policies: RwLock::new(Arc::new(Policies::new(config))),
             finished: AtomicU64::new(0),
         })
@@ -81,6 +91,9 @@ impl ProxyContext {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = config.proxy.clone();
         *self.workloads.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(WorkloadIndex::new(config));
+        *self.services.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(ServiceIndex::new(config));
+        self.http.updated(config);
         let policies = Arc::new(Policies::new(config));
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = policies.clone();
         let revoked = self.live.revoke_denied(&policies, config);
@@ -130,6 +143,13 @@ impl ProxyContext {
 
     pub fn settings(&self) -> ProxySettings {
         self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn services(&self) -> Arc<ServiceIndex> {
+        self.services
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

@@ -7,12 +7,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{
-    Ends, Mesh, ProxyContext, l4,
-    orig_dst::original_dst,
-    pod::Pod,
-    tcp_labels,
-    tunnel::{client::Dial, relay},
-    upstream,
+    Ends, Mesh, ProxyContext, l4, orig_dst::original_dst, pod::Pod, service, tcp_labels,
+    tunnel::relay, upstream,
 };
 use crate::config::Workload;
 
@@ -20,6 +16,10 @@ pub async fn handle(app: TcpStream, pod: Arc<Pod>, ctx: Arc<ProxyContext>) {
     let Some(dst) = super::destination_or_reset(&app, &pod, original_dst) else {
         return;
     };
+    if let Some(frontend) = ctx.services().frontend(dst).cloned() {
+        // Boxed, as the tunnel branch below: most connections are not to services.
+        return Box::pin(service::handle(app, pod, ctx, frontend, dst)).await;
+    }
     let workloads = ctx.workloads();
     let destination = workloads.by_ip(dst.ip()).map(AsRef::as_ref);
     if let (Some(mesh), Some(peer)) = (&ctx.mesh, destination.filter(|w| w.enrolled)) {
@@ -68,25 +68,7 @@ async fn through_tunnel(
     });
     let counters = ctx.metrics.connection_opened(&labels);
     let settings = ctx.settings();
-    let stream = match mesh.identities.client_config(&source, &destination) {
-        Ok(tls) => {
-            let dial = Dial {
-                netns: &pod.netns,
-                source: &source,
-                destination: &destination,
-                tunnel_addr: SocketAddr::new(dst.ip(), mesh_common::TUNNEL_PORT),
-                target: dst,
-                client_ip: (w.ips.iter())
-                    .find(|ip| ip.is_ipv4() == dst.is_ipv4())
-                    .copied()
-                    .unwrap_or(dst.ip()),
-                tls,
-                connect_timeout: settings.connect_timeout,
-            };
-            mesh.pool.open(&dial).await.map_err(|e| e.to_string())
-        }
-        Err(error) => Err(error.to_string()),
-    };
+    let stream = upstream::open_tunnel(pod, mesh, peer, dst, settings.connect_timeout).await;
     match stream {
         Ok(stream) => {
             let (request, response) = (&counters.received_bytes, &counters.sent_bytes);

@@ -54,7 +54,11 @@ impl ServiceView {
     }
 
     /// The endpoints of the family a client dialled, at the port behind service port `port`.
-    pub fn endpoint_addrs(&self, port: u16, ipv6: bool) -> Vec<(SocketAddr, Option<Arc<Workload>>)> {
+    pub fn endpoint_addrs(
+        &self,
+        port: u16,
+        ipv6: bool,
+    ) -> Vec<(SocketAddr, Option<Arc<Workload>>)> {
         let Some(target) = self.port(port).map(ServicePort::target) else {
             return Vec::new();
         };
@@ -127,10 +131,6 @@ impl ServiceIndex {
     pub fn frontend(&self, dst: SocketAddr) -> Option<&Arc<Frontend>> {
         self.frontends.get(&dst)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.frontends.is_empty()
-    }
 }
 
 fn view(s: &Service, workloads: &[Workload]) -> ServiceView {
@@ -178,7 +178,9 @@ fn rules_for(
     let attached = routes.iter().filter(|r| {
         r.parent_refs.iter().any(|p| {
             let namespace = p.namespace.as_ref().unwrap_or(&r.namespace);
-            p.name == s.key.name && *namespace == s.key.namespace && p.port.is_none_or(|p| p == port)
+            p.name == s.key.name
+                && *namespace == s.key.namespace
+                && p.port.is_none_or(|p| p == port)
         })
     });
     let mut rules = Vec::new();
@@ -306,7 +308,10 @@ services:
         assert_eq!(split[0].service.key.name, "web-canary");
         assert_eq!((split[0].weight, split[1].weight), (10, 90));
         let canary = index.frontend("10.96.0.2:80".parse().unwrap()).unwrap();
-        assert!(canary.rules.is_empty(), "routes attach to their parent only");
+        assert!(
+            canary.rules.is_empty(),
+            "routes attach to their parent only"
+        );
     }
 
     #[test]

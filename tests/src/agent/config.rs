@@ -37,6 +37,13 @@ pub struct AgentConfig {
     /// Istio-shaped `PeerAuthentication` objects (`name`, `namespace`, `selector`, `mtls`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<serde_json::Value>,
+    /// Services (`name`, `namespace`, `vips`, `ports`, `selector`, `addresses`,
+    /// `trafficPolicy`), written inline with `serde_json::json!`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<serde_json::Value>,
+    /// Gateway API `HTTPRoute`-shaped routes (`name`, `namespace`, `parentRefs`, `rules`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_routes: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -49,6 +56,9 @@ pub struct RedirectConfig {
 pub struct ProxyConfig {
     pub connect_timeout: String,
     pub idle_timeout: String,
+    /// Extra `proxy:` keys (e.g. `accessLog`, `headerReadTimeout`).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -193,13 +203,36 @@ impl AgentConfig {
             proxy: Some(ProxyConfig {
                 connect_timeout: "5s".into(),
                 idle_timeout: "1h".into(),
+                extra: BTreeMap::new(),
             }),
             redirect: None,
             identity: None,
             workloads: Vec::new(),
             authorization_policies: Vec::new(),
             peer_authentications: Vec::new(),
+            services: Vec::new(),
+            http_routes: Vec::new(),
         }
+    }
+
+    /// Adds a service (see [`AgentConfig::services`]).
+    pub fn service(mut self, service: serde_json::Value) -> AgentConfig {
+        self.services.push(service);
+        self
+    }
+
+    /// Adds an `HTTPRoute`-shaped route.
+    pub fn http_route(mut self, route: serde_json::Value) -> AgentConfig {
+        self.http_routes.push(route);
+        self
+    }
+
+    /// Sets one `proxy:` key (camelCase), e.g. `("accessLog", json!("json"))`.
+    pub fn proxy_setting(mut self, key: &str, value: serde_json::Value) -> AgentConfig {
+        if let Some(proxy) = self.proxy.as_mut() {
+            proxy.extra.insert(key.into(), value);
+        }
+        self
     }
 
     /// Turns mTLS on: the `identity:` section (e.g. [`crate::identity::TestCa::identity`]).

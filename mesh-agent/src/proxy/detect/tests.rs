@@ -31,14 +31,21 @@ fn http1_needs_a_whole_request_line() {
     let redis = Some(Protocol::Opaque(Opaque::Unrecognized));
     assert_eq!(classify(b"GET key\r\n"), redis, "a Redis GET is not HTTP");
     assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), redis);
-    assert_eq!(classify(b"get / HTTP/1.1\r\n"), redis, "methods are case-sensitive");
+    assert_eq!(
+        classify(b"get / HTTP/1.1\r\n"),
+        redis,
+        "methods are case-sensitive"
+    );
 }
 
 #[test]
 fn http2_is_the_whole_preface() {
     assert_eq!(classify(&H2_PREFACE[..10]), None);
     assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
-    assert_eq!(classify(b"PRI * HTTP/1.1\r\n"), Some(Protocol::Opaque(Opaque::Unrecognized)));
+    assert_eq!(
+        classify(b"PRI * HTTP/1.1\r\n"),
+        Some(Protocol::Opaque(Opaque::Unrecognized))
+    );
 }
 
 #[test]
@@ -46,23 +53,35 @@ fn tls_client_hello_gives_its_server_name() {
     let hello = client_hello("api.example.test");
     let sni = Some("api.example.test".to_owned());
     assert_eq!(classify(&hello), Some(Protocol::Tls { sni }));
-    assert_eq!(classify(&hello[..20]), None, "a record cut short waits for the rest");
+    assert_eq!(
+        classify(&hello[..20]),
+        None,
+        "a record cut short waits for the rest"
+    );
     assert_eq!(undecided(&hello[..20]), Protocol::Tls { sni: None });
 }
 
 #[test]
 fn garbage_after_a_handshake_byte_is_opaque() {
-    assert_eq!(classify(&[0x16, 9, 9, 9]), Some(Protocol::Opaque(Opaque::Unrecognized)));
+    assert_eq!(
+        classify(&[0x16, 9, 9, 9]),
+        Some(Protocol::Opaque(Opaque::Unrecognized))
+    );
     let mut truncated_extension = client_hello("a.test");
     truncated_extension.truncate(truncated_extension.len() - 3);
     let len = (truncated_extension.len() - 5) as u16;
     truncated_extension[3..5].copy_from_slice(&len.to_be_bytes());
-    assert!(matches!(classify(&truncated_extension), Some(Protocol::Tls { .. })));
+    assert!(matches!(
+        classify(&truncated_extension),
+        Some(Protocol::Tls { .. })
+    ));
 }
 
 async fn pair() -> (TcpStream, TcpStream, TcpListener) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
     let (accepted, _) = listener.accept().await.unwrap();
     (client, accepted, listener)
 }
@@ -78,11 +97,19 @@ async fn a_server_that_speaks_first_decides_at_once() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     });
     let started = Instant::now();
-    let dial = Box::pin(TcpStream::connect(addr));
+    let dial: Dial = Box::pin(async move {
+        let s = TcpStream::connect(addr).await?;
+        Ok(Box::new(s) as Box<dyn UpstreamStream>)
+    });
     let (protocol, upstream) = detect_beside_dial(&accepted, Duration::from_secs(5), dial).await;
     assert_eq!(protocol, Protocol::Opaque(Opaque::ServerFirst));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    assert!(upstream.connection().await.is_ok());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, first) = upstream.connection().await.unwrap();
+    assert_eq!(first, b"220 ready\r\n", "the banner is kept for the client");
 }
 
 #[tokio::test]

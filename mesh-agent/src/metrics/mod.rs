@@ -1,5 +1,7 @@
-//! Prometheus metrics. Connection metrics use Istio's standard names and labels so existing
-//! dashboards work; Sluice's own are prefixed `sluice_`.
+//! Prometheus metrics. Connection and request metrics use Istio's standard names and labels
+//! so existing dashboards work; Sluice's own are prefixed `sluice_`.
+pub mod http;
+
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
@@ -80,6 +82,7 @@ pub struct Metrics {
     pub tunnels_active: Gauge,
     tunnel_streams: Family<StreamLabels, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
+    pub http: http::HttpMetrics,
 }
 
 impl Metrics {
@@ -101,6 +104,7 @@ impl Metrics {
             tunnels_active: Gauge::default(),
             tunnel_streams: Family::default(),
             handshake_failures: Family::default(),
+            http: http::HttpMetrics::new(),
         };
         registry.register(
             "istio_tcp_connections_opened",
@@ -172,6 +176,7 @@ impl Metrics {
             "Mesh tunnels that could not be set up, by side and reason",
             m.handshake_failures.clone(),
         );
+        m.http.register(&mut registry);
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         Arc::new(m)
     }

@@ -1,0 +1,617 @@
+//! L7 scenarios against the real agent, each run in every redirect mode (`ebpf::*`,
+//! `nftables::*`, `iptables::*`): an enrolled client pod calls a service's virtual address
+//! (which no interface owns: only the capture makes it answer), and the agent serves HTTP
+//! itself, routes, balances and retries each request over real server pods running
+//! `sluice-httpapp`. Every request, status and header is judged from what the client and
+//! the servers really saw, and the agent's metrics must agree.
+
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tests::http_app::{
+    self, GrpcCall, LoadOpts, LoadReport, RawOpts, count_requests, serve_banner, serve_grpc,
+    serve_http, serve_tls,
+};
+use tests::{Agent, AgentConfig, Mode, Node, Pod, Server, Workload, poll_until};
+
+tests::in_every_mode!(
+    http1_and_http2_are_detected_and_served,
+    tls_passes_through_with_its_server_name,
+    a_server_first_protocol_gets_its_banner_at_once,
+    a_slow_endpoint_gets_clearly_less_traffic,
+    two_503s_then_200_is_retried_to_200,
+    a_streamed_post_is_not_retried,
+    the_budget_stops_a_retry_storm,
+    a_hanging_endpoint_times_out_with_504,
+    a_failing_endpoint_is_ejected_then_readmitted,
+    the_rate_limit_answers_429,
+    a_90_10_split_lands_within_tolerance,
+    grpc_unary_and_streaming_calls_are_counted_by_status,
+    metrics_trace_context_and_access_log_describe_each_request,
+    bad_requests_get_their_status_while_others_are_served,
+);
+
+const VIP: &str = "10.96.0.10";
+const PORT: u16 = 80;
+const TARGET: u16 = 8080;
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), PORT)
+}
+
+/// An enrolled `client` pod and `servers` pods (labels `app: web`, not enrolled) each
+/// serving `sluice-httpapp serve` on 8080 with `serve_args`.
+struct Bed {
+    node: Node,
+    client: Pod,
+    servers: Vec<(Pod, Server)>,
+}
+
+impl Bed {
+    fn new(servers: &[(&str, &[&str])]) -> Bed {
+        let node = Node::new().unwrap();
+        let client = node.add_pod("client").unwrap();
+        let servers = servers
+            .iter()
+            .map(|(name, args)| {
+                let pod = node.add_pod(name).unwrap();
+                let server = serve_http(&pod, TARGET, name, args).unwrap();
+                (pod, server)
+            })
+            .collect();
+        Bed {
+            node,
+            client,
+            servers,
+        }
+    }
+
+    /// The node's config: the client enrolled, the servers known, service `web`.
+    fn config(&self, mode: Mode, service: serde_json::Value) -> AgentConfig {
+        let mut cfg = AgentConfig::new(&self.node)
+            .mode(mode)
+            .with(Workload::enrolled(&self.client))
+            .service(service);
+        for (pod, _) in &self.servers {
+            cfg = cfg.with(Workload::known(pod).labels(&[("app", "web")]));
+        }
+        cfg
+    }
+
+    fn server(&self, name: &str) -> &Server {
+        let found = self.servers.iter().find(|(p, _)| p.name() == name);
+        &found.unwrap_or_else(|| panic!("no server {name}")).1
+    }
+
+    fn load(&self, opts: &LoadOpts) -> LoadReport {
+        http_app::http_load(&self.client, vip(), opts).unwrap()
+    }
+}
+
+/// Service `web` at [`VIP`]:80 → the `app: web` pods' 8080; `extra` merges into it.
+fn web(extra: serde_json::Value) -> serde_json::Value {
+    let mut service = json!({
+        "name": "web",
+        "vips": [VIP],
+        "ports": [{"port": PORT, "targetPort": TARGET}],
+        "selector": {"app": "web"},
+    });
+    if let (Some(s), Some(extra)) = (service.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    service
+}
+
+/// A route on `web` with one rule; `rule` is the rule's JSON.
+fn route(rule: serde_json::Value) -> serde_json::Value {
+    json!({"name": "web-route", "parentRefs": [{"name": "web", "port": PORT}], "rules": [rule]})
+}
+
+fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> f64 {
+    agent.metrics().unwrap().sum(name, labels)
+}
+
+fn statuses(report: &LoadReport) -> BTreeMap<u16, u64> {
+    report.by_status.clone()
+}
+
+/// Scenario 1: HTTP/1.1 and HTTP/2 prior knowledge to a port without `appProtocol` are
+/// detected, served by the proxy (the server sees a request id and a trace context it did
+/// not send) and counted as detected.
+fn http1_and_http2_are_detected_and_served(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let agent = Agent::start(&bed.node, bed.config(mode, web(json!({})))).unwrap();
+
+    for http2 in [false, true] {
+        let mut opts = LoadOpts::get("/echo").times(3, 1).bodies();
+        if http2 {
+            opts = opts.http2();
+        }
+        let report = bed.load(&opts);
+        assert_eq!(statuses(&report), BTreeMap::from([(200, 3)]), "{report:?}");
+        let echo = report.requests[0].echo().unwrap();
+        assert_eq!(echo.version, if http2 { "HTTP/2.0" } else { "HTTP/1.1" });
+        assert!(echo.headers.contains_key("x-request-id"), "{echo:?}");
+        assert!(echo.headers.contains_key("traceparent"), "{echo:?}");
+        assert!(
+            echo.peer.starts_with(&format!("{}:", bed.client.ip())),
+            "the endpoint saw the client pod's address: {echo:?}"
+        );
+    }
+    for protocol in ["http1", "http2"] {
+        let n = metric(
+            &agent,
+            "sluice_protocol_detected_total",
+            &[("protocol", protocol)],
+        );
+        assert!(n >= 1.0, "{protocol} detected {n} times");
+    }
+    assert_eq!(count_requests(bed.server("web-1"), "/echo"), 6);
+}
+
+/// Scenario 1: a TLS client is passed through untouched (the server completes the
+/// handshake with the client's SNI) and counted as `tls`.
+fn tls_passes_through_with_its_server_name(mode: Mode) {
+    let node = Node::new().unwrap();
+    let client = node.add_pod("client").unwrap();
+    let server_pod = node.add_pod("tls-1").unwrap();
+    let server = serve_tls(&server_pod, TARGET, "tls-1", &[]).unwrap();
+    let cfg = AgentConfig::new(&node)
+        .mode(mode)
+        .with(Workload::enrolled(&client))
+        .with(Workload::known(&server_pod).labels(&[("app", "web")]))
+        .service(web(json!({})));
+    let agent = Agent::start(&node, cfg).unwrap();
+
+    let report = http_app::tls_dial(&client, vip(), "api.sluice.test", 100_000).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.bytes_echoed, 100_000);
+    assert_eq!(
+        http_app::snis(&server),
+        [Some("api.sluice.test".to_string())]
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "sluice_protocol_detected_total",
+            &[("protocol", "tls")]
+        ),
+        1.0
+    );
+}
+
+/// Scenario 1: a server that speaks first gets its banner to the client with no wait for
+/// the detection window (1 s by default): well under half of it.
+fn a_server_first_protocol_gets_its_banner_at_once(mode: Mode) {
+    let node = Node::new().unwrap();
+    let client = node.add_pod("client").unwrap();
+    let server_pod = node.add_pod("smtp-1").unwrap();
+    let _server = serve_banner(&server_pod, TARGET, "220 smtp.sluice.test ready", &[]).unwrap();
+    let cfg = AgentConfig::new(&node)
+        .mode(mode)
+        .with(Workload::enrolled(&client))
+        .with(Workload::known(&server_pod).labels(&[("app", "web")]))
+        .service(web(json!({})));
+    let agent = Agent::start(&node, cfg).unwrap();
+
+    for _ in 0..3 {
+        let report = http_app::banner_dial(&client, vip(), 5000).unwrap();
+        assert_eq!(
+            report.banner.as_deref(),
+            Some("220 smtp.sluice.test ready"),
+            "{report:?}"
+        );
+        let ms = report.first_byte_ms.unwrap();
+        assert!(
+            ms < 500.0,
+            "the banner took {ms} ms: detection delayed a server-first protocol"
+        );
+    }
+    let server_first = [("protocol", "opaque_server_first")];
+    assert_eq!(
+        metric(&agent, "sluice_protocol_detected_total", &server_first),
+        3.0
+    );
+}
+
+/// Scenario 2: over three endpoints, one answering 50 ms slower gets clearly less of 300
+/// requests (fewer than half its equal share).
+fn a_slow_endpoint_gets_clearly_less_traffic(mode: Mode) {
+    let bed = Bed::new(&[
+        ("web-1", &[]),
+        ("web-2", &[]),
+        ("slow", &["--delay-ms", "50"]),
+    ]);
+    let cfg = bed.config(
+        mode,
+        web(json!({"ports": [{"port": PORT, "targetPort": TARGET, "appProtocol": "http"}]})),
+    );
+    let _agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/echo").times(300, 4));
+    assert_eq!(
+        statuses(&report),
+        BTreeMap::from([(200, 300)]),
+        "{report:?}"
+    );
+    let slow = report.by_served_by.get("slow").copied().unwrap_or(0);
+    assert!(
+        slow < 50,
+        "the slow endpoint got {slow} of 300: {:?}",
+        report.by_served_by
+    );
+    for fast in ["web-1", "web-2"] {
+        assert!(
+            report.by_served_by.get(fast).copied().unwrap_or(0) > 80,
+            "{:?}",
+            report.by_served_by
+        );
+    }
+}
+
+fn retry_rule(codes: &[u16], attempts: u32) -> serde_json::Value {
+    json!({"retry": {"codes": codes, "attempts": attempts, "backoff": "10ms"}})
+}
+
+/// Scenario 3: an endpoint that answers 503 twice, then 200: the client sees 200 on the
+/// third attempt and the retry counter shows 2.
+fn two_503s_then_200_is_retried_to_200(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let cfg = bed
+        .config(mode, web(json!({})))
+        .http_route(route(retry_rule(&[503], 3)));
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/fail-then/2/503").header("x-test-key", "k1"));
+    let only = &report.requests[0];
+    assert_eq!(
+        (only.status, only.attempt),
+        (Some(200), Some(3)),
+        "{report:?}"
+    );
+    let service = [("destination_service", "web.default.svc.cluster.local")];
+    assert_eq!(metric(&agent, "sluice_http_retries_total", &service), 2.0);
+    assert_eq!(count_requests(bed.server("web-1"), "/fail-then/2/503"), 3);
+}
+
+/// Scenario 3: a POST whose body streams (no length) is never retried: the 503 reaches
+/// the client and the endpoint saw it once.
+fn a_streamed_post_is_not_retried(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let cfg = bed
+        .config(mode, web(json!({})))
+        .http_route(route(retry_rule(&[503], 3)));
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let opts = LoadOpts::get("/fail-then/1/503")
+        .method("POST")
+        .body(4096)
+        .chunked();
+    let report = bed.load(&opts.header("x-test-key", "post"));
+    assert_eq!(report.requests[0].status, Some(503), "{report:?}");
+    assert_eq!(count_requests(bed.server("web-1"), "/fail-then/1/503"), 1);
+    assert_eq!(metric(&agent, "sluice_http_retries_total", &[]), 0.0);
+}
+
+/// Scenario 3: when every request fails, the budget (20% of requests, no floor here) caps
+/// the retries: 100 failing requests allowed 3 attempts each send at most 120, not 300.
+fn the_budget_stops_a_retry_storm(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let budget =
+        json!({"trafficPolicy": {"retryBudget": {"ratio": 0.2, "minRetriesPerSecond": 0}}});
+    let cfg = bed
+        .config(mode, web(budget))
+        .http_route(route(retry_rule(&[503], 2)));
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/status/503").times(100, 2));
+    assert_eq!(
+        statuses(&report),
+        BTreeMap::from([(503, 100)]),
+        "{report:?}"
+    );
+    let reached = count_requests(bed.server("web-1"), "/status/503");
+    assert!(
+        (100..=121).contains(&reached),
+        "the endpoint saw {reached} requests"
+    );
+    let retries = metric(&agent, "sluice_http_retries_total", &[]);
+    assert!(retries <= 21.0, "{retries} retries");
+    assert!(metric(&agent, "sluice_http_retry_budget_exhausted_total", &[]) >= 79.0);
+}
+
+/// Scenario 4: an endpoint that never answers gets the client a 504 at the route's
+/// request timeout (not before it, not long after).
+fn a_hanging_endpoint_times_out_with_504(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let rule = json!({"timeouts": {"request": "300ms"}});
+    let cfg = bed.config(mode, web(json!({}))).http_route(route(rule));
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/hang").timeout_ms(5000));
+    let only = &report.requests[0];
+    assert_eq!(only.status, Some(504), "{report:?}");
+    assert!(
+        (300_000..2_000_000).contains(&only.latency_us),
+        "{report:?}"
+    );
+    let timed_out = [("response_code", "504"), ("response_flags", "UT")];
+    poll_until(Duration::from_secs(5), "the 504 counted", || {
+        Ok((metric(&agent, "istio_requests_total", &timed_out) == 1.0).then_some(()))
+    })
+    .unwrap();
+}
+
+/// Scenario 5: an endpoint failing 3 times in a row (nothing listens: connect refused) is
+/// ejected for the base ejection time, so the client sees exactly 3 failures among 40
+/// requests; once the time has passed it is taken back: with its app now up and the other
+/// endpoint's gone, it serves nearly every request. The good endpoint answers 30 ms late,
+/// so that the balancer (which never saw the failing one answer) keeps preferring the
+/// failing one until the breaker takes it out.
+fn a_failing_endpoint_is_ejected_then_readmitted(mode: Mode) {
+    let mut bed = Bed::new(&[("good", &["--delay-ms", "30"])]);
+    let bad = bed.node.add_pod("bad").unwrap();
+    let breaker = json!({"trafficPolicy": {"circuitBreaker": {"consecutiveFailures": 3, "baseEjectionTime": "2s"}}});
+    let cfg = bed
+        .config(mode, web(breaker))
+        .with(Workload::known(&bad).labels(&[("app", "web")]));
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/echo").times(40, 1));
+    assert_eq!(report.by_status.get(&503), Some(&3), "{report:?}");
+    assert_eq!(report.by_served_by.get("good"), Some(&37), "{report:?}");
+    let service = [("destination_service", "web.default.svc.cluster.local")];
+    assert_eq!(
+        metric(&agent, "sluice_endpoint_ejections_total", &service),
+        1.0
+    );
+
+    let _bad_server = serve_http(&bad, TARGET, "bad", &[]).unwrap();
+    bed.servers.clear();
+    std::thread::sleep(Duration::from_millis(2500));
+    let report = bed.load(&LoadOpts::get("/echo").times(40, 1));
+    let served_by_bad = report.by_served_by.get("bad").copied().unwrap_or(0);
+    assert!(
+        served_by_bad >= 30,
+        "readmitted after its ejection: {report:?}"
+    );
+}
+
+/// Scenario 6: 10 requests per second with a burst of 5: 30 requests at once get 5 (±1)
+/// answers and 429 for the rest.
+fn the_rate_limit_answers_429(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let limit = json!({"trafficPolicy": {"rateLimit": {"requestsPerSecond": 10, "burst": 5}}});
+    let agent = Agent::start(&bed.node, bed.config(mode, web(limit))).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/echo").times(30, 1));
+    let ok = report.by_status.get(&200).copied().unwrap_or(0);
+    let limited = report.by_status.get(&429).copied().unwrap_or(0);
+    assert_eq!(ok + limited, 30, "{report:?}");
+    assert!((5..=7).contains(&ok), "{ok} allowed: {report:?}");
+    assert_eq!(
+        metric(&agent, "sluice_http_rate_limited_total", &[]),
+        limited as f64
+    );
+}
+
+/// Scenario 7: a 90/10 weighted split of 1,000 requests between two services: the canary
+/// gets 100 ± 40 (more than 4 standard deviations of a binomial(1000, 0.1)).
+fn a_90_10_split_lands_within_tolerance(mode: Mode) {
+    let bed = Bed::new(&[("stable", &[]), ("canary", &[])]);
+    let stable = json!({"name": "web-stable", "vips": ["10.96.0.11"], "ports": [{"port": PORT, "targetPort": TARGET}], "addresses": [bed.servers[0].0.ip().to_string()]});
+    let canary = json!({"name": "web-canary", "vips": ["10.96.0.12"], "ports": [{"port": PORT, "targetPort": TARGET}], "addresses": [bed.servers[1].0.ip().to_string()]});
+    let split = json!({"backendRefs": [{"name": "web-stable", "weight": 90}, {"name": "web-canary", "weight": 10}]});
+    let cfg = bed
+        .config(mode, web(json!({})))
+        .service(stable)
+        .service(canary)
+        .http_route(route(split));
+    let _agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/echo").times(1000, 8).http2());
+    assert_eq!(
+        statuses(&report),
+        BTreeMap::from([(200, 1000)]),
+        "{report:?}"
+    );
+    let canary = report.by_served_by.get("canary").copied().unwrap_or(0);
+    assert!((60..=140).contains(&canary), "canary got {canary} of 1000");
+}
+
+/// Scenario 8: gRPC unary and server-streaming calls through a `grpc` port; the statuses
+/// in the trailers are counted per call.
+fn grpc_unary_and_streaming_calls_are_counted_by_status(mode: Mode) {
+    let node = Node::new().unwrap();
+    let client = node.add_pod("client").unwrap();
+    let server_pod = node.add_pod("grpc-1").unwrap();
+    let _server = serve_grpc(&server_pod, TARGET, "grpc-1", &[]).unwrap();
+    let service =
+        web(json!({"ports": [{"port": PORT, "targetPort": TARGET, "appProtocol": "grpc"}]}));
+    let cfg = AgentConfig::new(&node)
+        .mode(mode)
+        .with(Workload::enrolled(&client))
+        .with(Workload::known(&server_pod).labels(&[("app", "web")]))
+        .service(service);
+    let agent = Agent::start(&node, cfg).unwrap();
+
+    let ok = http_app::grpc_call(&client, vip(), GrpcCall::Unary { n: 5, fail_code: 0 }).unwrap();
+    assert!(ok.ok, "{ok:?}");
+    assert_eq!(ok.messages_received, 5);
+    let failed = http_app::grpc_call(
+        &client,
+        vip(),
+        GrpcCall::Unary {
+            n: 3,
+            fail_code: 14,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        failed.grpc_statuses,
+        BTreeMap::from([(14, 3)]),
+        "{failed:?}"
+    );
+    let stream = http_app::grpc_call(&client, vip(), GrpcCall::Stream { n: 50 }).unwrap();
+    assert!(stream.ok && stream.messages_received == 50, "{stream:?}");
+
+    let grpc = |status: &str| {
+        metric(
+            &agent,
+            "istio_requests_total",
+            &[
+                ("request_protocol", "grpc"),
+                ("grpc_response_status", status),
+            ],
+        )
+    };
+    poll_until(Duration::from_secs(5), "gRPC statuses counted", || {
+        Ok((grpc("0") == 6.0 && grpc("14") == 3.0).then_some(()))
+    })
+    .unwrap();
+}
+
+/// Scenario 9: Istio's request metrics carry the codes and both workloads, a caller's
+/// `traceparent` is continued (same trace, new span), and the access log has a JSON line
+/// per request with its code and request id.
+fn metrics_trace_context_and_access_log_describe_each_request(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let cfg = bed
+        .config(mode, web(json!({})))
+        .proxy_setting("accessLog", json!("json"));
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = LoadOpts::get("/echo")
+        .header("traceparent", parent)
+        .header("x-request-id", "req-42");
+    let report = bed.load(&traced.bodies());
+    let echo = report.requests[0].echo().unwrap();
+    let sent = &echo.headers["traceparent"];
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{sent}"
+    );
+    assert!(
+        !sent.contains("00f067aa0ba902b7"),
+        "the proxy's hop is a new span: {sent}"
+    );
+    assert_eq!(echo.headers["x-request-id"], "req-42");
+    bed.load(&LoadOpts::get("/status/404").times(2, 1));
+
+    let labels = |code: &'static str| {
+        [
+            ("reporter", "source"),
+            ("source_workload", "client"),
+            ("destination_workload", "web-1"),
+            ("destination_service", "web.default.svc.cluster.local"),
+            ("destination_service_name", "web"),
+            ("request_protocol", "http"),
+            ("response_code", code),
+        ]
+    };
+    poll_until(Duration::from_secs(5), "request metrics", || {
+        let ok = metric(&agent, "istio_requests_total", &labels("200"));
+        let missing = metric(&agent, "istio_requests_total", &labels("404"));
+        Ok((ok == 1.0 && missing == 2.0).then_some(()))
+    })
+    .unwrap();
+    let duration = metric(
+        &agent,
+        "istio_request_duration_milliseconds_count",
+        &labels("404"),
+    );
+    assert_eq!(duration, 2.0);
+
+    let log = agent.log();
+    let lines: Vec<serde_json::Value> = (log.lines())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.get("response_code").is_some())
+        .collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert_eq!(lines[0]["request_id"], "req-42");
+    assert_eq!(lines[0]["response_code"], 200);
+    assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(lines[2]["response_code"], 404);
+    assert_eq!(
+        lines[2]["upstream_cluster"],
+        "web.default.svc.cluster.local"
+    );
+}
+
+/// Scenario 10: a malformed request gets 400, oversized headers 431, a client trickling
+/// its header is cut at the header timeout; each is counted, and a normal client is served
+/// all the while.
+fn bad_requests_get_their_status_while_others_are_served(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let service =
+        web(json!({"ports": [{"port": PORT, "targetPort": TARGET, "appProtocol": "http"}]}));
+    let cfg = bed
+        .config(mode, service)
+        .proxy_setting("headerReadTimeout", json!("1s"))
+        .proxy_setting("maxHeaderBytes", json!(16384));
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+    let steady = http_app::spawn_http_load(
+        &bed.client,
+        vip(),
+        &LoadOpts::get("/echo").times(200, 1).rate(50.0),
+    )
+    .unwrap();
+
+    let garbage = http_app::raw_send(
+        &bed.client,
+        vip(),
+        &RawOpts::new("GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"),
+    )
+    .unwrap();
+    assert!(
+        garbage
+            .status_line
+            .as_deref()
+            .is_some_and(|l| l.contains(" 400 ")),
+        "{garbage:?}"
+    );
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let oversized = http_app::raw_send(&bed.client, vip(), &RawOpts::new(&big)).unwrap();
+    assert!(
+        oversized
+            .status_line
+            .as_deref()
+            .is_some_and(|l| l.contains(" 431 ")),
+        "{oversized:?}"
+    );
+    let trickle = RawOpts {
+        trickle_ms: Some(100),
+        ..RawOpts::new(
+            "GET /echo HTTP/1.1\r\nHost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        )
+    };
+    let slow = http_app::raw_send(&bed.client, vip(), &trickle).unwrap();
+    assert!(slow.closed_by_peer, "{slow:?}");
+    assert!(
+        slow.elapsed_ms < 3000,
+        "cut at the 1 s header timeout: {slow:?}"
+    );
+
+    let steady =
+        http_app::finish_load(steady, &LoadOpts::get("/echo").times(200, 1).rate(50.0)).unwrap();
+    assert_eq!(
+        statuses(&steady),
+        BTreeMap::from([(200, 200)]),
+        "{steady:?}"
+    );
+    for reason in ["malformed", "header_too_large", "header_timeout"] {
+        let n = metric(
+            &agent,
+            "sluice_http_bad_requests_total",
+            &[("reason", reason)],
+        );
+        assert_eq!(n, 1.0, "{reason}");
+    }
+}
