@@ -15,6 +15,7 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 pub struct Binaries {
     pub agent: PathBuf,
     pub testapp: PathBuf,
+    pub httpapp: PathBuf,
     /// Integration test executables by target name (`harness`, `outbound`, ...).
     pub suites: Vec<(String, PathBuf)>,
 }
@@ -56,12 +57,14 @@ pub fn build(root: &Path, only: &[String]) -> Result<Binaries> {
     let tests_out = cmd::stdout(cargo(root, "test").args(["-p", "tests", "--no-run"]))
         .context("cannot build the static integration tests")?;
     let artifacts = executables(&tests_out);
-    let testapp = artifacts
-        .iter()
-        .find(|art| art.kind == "bin" && art.name == "sluice-testapp" && !art.test)
-        .context("the build reported no sluice-testapp executable")?
-        .path
-        .clone();
+    let bin = |name: &str| {
+        (artifacts.iter())
+            .find(|art| art.kind == "bin" && art.name == name && !art.test)
+            .map(|art| art.path.clone())
+            .with_context(|| format!("the build reported no {name} executable"))
+    };
+    let testapp = bin("sluice-testapp")?;
+    let httpapp = bin("sluice-httpapp")?;
     let mut suites: Vec<(String, PathBuf)> = artifacts
         .into_iter()
         .filter(|art| art.kind == "test" && art.test)
@@ -81,6 +84,7 @@ pub fn build(root: &Path, only: &[String]) -> Result<Binaries> {
     Ok(Binaries {
         agent,
         testapp,
+        httpapp,
         suites,
     })
 }

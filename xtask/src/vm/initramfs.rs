@@ -22,6 +22,7 @@ pub struct Payload {
     pub userland: Userland,
     pub agent: PathBuf,
     pub testapp: PathBuf,
+    pub httpapp: PathBuf,
     pub suites: Vec<(String, PathBuf)>,
     /// Extra arguments for every test executable (e.g. a name filter).
     pub test_args: Vec<String>,
@@ -68,6 +69,7 @@ pub fn write(path: &Path, payload: &Payload, modules: &ModuleSet, skip: &[&str])
     }
     add(&mut cpio, "sluice/mesh-agent", &payload.agent)?;
     add(&mut cpio, "sluice/sluice-testapp", &payload.testapp)?;
+    add(&mut cpio, "sluice/sluice-httpapp", &payload.httpapp)?;
     for (name, binary) in &payload.suites {
         add(&mut cpio, &format!("sluice/tests/{name}"), binary)?;
     }
@@ -141,7 +143,8 @@ bpftool feature probe kernel 2>&1 | awk '
   /^mode: / {{ print "{features} mode chosen " $2; next }}
   /^FAIL / {{ print "{features} check " $0 }}'
 echo "{features} end"
-export SLUICE_AGENT_BIN=/sluice/mesh-agent SLUICE_TESTAPP_BIN=/sluice/sluice-testapp
+export SLUICE_AGENT_BIN=/sluice/mesh-agent SLUICE_TESTAPP_BIN=/sluice/sluice-testapp \
+    SLUICE_HTTPAPP_BIN=/sluice/sluice-httpapp
 export RUST_BACKTRACE=1
 {exports}cd /tmp
 worst=0
@@ -182,6 +185,7 @@ mod tests {
             userland: Userland::default(),
             agent: PathBuf::new(),
             testapp: PathBuf::new(),
+            httpapp: PathBuf::new(),
             suites: vec![("outbound".into(), PathBuf::new())],
             test_args: vec!["it's".into()],
             env: vec!["RUST_LOG=debug".into()],

@@ -195,6 +195,7 @@ fn payload(vm_dir: &Path, binaries: build::Binaries, opts: &VmTest) -> Result<in
         userland: userland::Userland::gather()?,
         agent: host::stripped(&binaries.agent, &stage, "mesh-agent")?,
         testapp: host::stripped(&binaries.testapp, &stage, "sluice-testapp")?,
+        httpapp: host::stripped(&binaries.httpapp, &stage, "sluice-httpapp")?,
         suites,
         test_args: opts.test_args.clone(),
         env: opts.env.clone(),
