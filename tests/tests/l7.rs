@@ -13,7 +13,8 @@ use tests::http_app::{
     self, GrpcCall, LoadOpts, LoadReport, RawOpts, count_requests, serve_banner, serve_grpc,
     serve_http, serve_tls,
 };
-use tests::{Agent, AgentConfig, Mode, Node, Pod, Server, Workload, poll_until};
+use tests::identity::spiffe_id;
+use tests::{Agent, AgentConfig, Mode, Node, Pod, Server, TestCa, Workload, poll_until};
 
 tests::in_every_mode!(
     http1_and_http2_are_detected_and_served,
@@ -30,6 +31,8 @@ tests::in_every_mode!(
     grpc_unary_and_streaming_calls_are_counted_by_status,
     metrics_trace_context_and_access_log_describe_each_request,
     bad_requests_get_their_status_while_others_are_served,
+    requests_to_enrolled_endpoints_ride_the_mesh_tunnel,
+    http1_clients_reach_an_http2_port_and_back,
 );
 
 const VIP: &str = "10.96.0.10";
@@ -614,4 +617,85 @@ fn bad_requests_get_their_status_while_others_are_served(mode: Mode) {
         );
         assert_eq!(n, 1.0, "{reason}");
     }
+}
+
+/// Requests to endpoints in the mesh go through the mutual-TLS tunnel: the server's proxy
+/// delivers them from the client pod's address, the request metrics say `mutual_tls` with
+/// the endpoint's SPIFFE identity, and five keep-alive requests share one upstream
+/// connection (one tunnel stream).
+fn requests_to_enrolled_endpoints_ride_the_mesh_tunnel(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let ca = TestCa::new().unwrap();
+    let http = web(json!({"ports": [{"port": PORT, "targetPort": TARGET, "appProtocol": "http"}]}));
+    let cfg = AgentConfig::new(&bed.node)
+        .mode(mode)
+        .identity(ca.identity())
+        .with(Workload::enrolled(&bed.client))
+        .with(Workload::enrolled(&bed.servers[0].0).labels(&[("app", "web")]))
+        .service(http);
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/echo").times(5, 1).bodies());
+    assert_eq!(statuses(&report), BTreeMap::from([(200, 5)]), "{report:?}");
+    let echo = report.requests[4].echo().unwrap();
+    assert!(
+        echo.peer.starts_with(&format!("{}:", bed.client.ip())),
+        "{echo:?}"
+    );
+    let mtls = [
+        ("connection_security_policy", "mutual_tls"),
+        ("destination_workload", "web-1"),
+    ];
+    let endpoint = spiffe_id("default", "default");
+    poll_until(Duration::from_secs(5), "mutual_tls request metrics", || {
+        let m = agent.metrics()?;
+        let n = m.sum("istio_requests_total", &mtls);
+        let principal_ok = m.get("istio_requests_total", &mtls).is_some_and(|_| {
+            m.matching("istio_requests_total", &mtls)
+                .all(|s| s.labels.get("destination_principal") == Some(&endpoint))
+        });
+        Ok((n == 5.0 && principal_ok).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(
+        metric(&agent, "sluice_hbone_streams_total", &[]),
+        1.0,
+        "one pooled upstream connection"
+    );
+}
+
+/// HTTP/1.1 clients to a port declared `http2` are carried over HTTP/2 to the endpoint
+/// and answered in HTTP/1.1; HTTP/2 clients to an `http` port the other way round.
+fn http1_clients_reach_an_http2_port_and_back(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let h2_port = json!({"port": PORT, "targetPort": TARGET, "appProtocol": "http2"});
+    let h1_port = json!({"port": 81, "targetPort": TARGET, "appProtocol": "http"});
+    let cfg = bed.config(mode, web(json!({"ports": [h2_port, h1_port]})));
+    let _agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let h1_to_h2 = bed.load(&LoadOpts::get("/echo").times(3, 1).bodies());
+    assert_eq!(
+        statuses(&h1_to_h2),
+        BTreeMap::from([(200, 3)]),
+        "{h1_to_h2:?}"
+    );
+    assert_eq!(h1_to_h2.requests[0].echo().unwrap().version, "HTTP/2.0");
+    let port_81 = SocketAddr::new(VIP.parse().unwrap(), 81);
+    let h2_to_h1 = http_app::http_load(
+        &bed.client,
+        port_81,
+        &LoadOpts::get("/echo").times(3, 1).http2().bodies(),
+    )
+    .unwrap();
+    assert_eq!(
+        statuses(&h2_to_h1),
+        BTreeMap::from([(200, 3)]),
+        "{h2_to_h1:?}"
+    );
+    let echo = h2_to_h1.requests[0].echo().unwrap();
+    assert_eq!(echo.version, "HTTP/1.1");
+    assert!(
+        echo.headers.contains_key("host"),
+        "an HTTP/1 request needs a Host: {echo:?}"
+    );
 }

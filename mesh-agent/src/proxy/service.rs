@@ -29,9 +29,16 @@ pub async fn handle(
 ) {
     let set = (ctx.http.backends).get(&frontend.service, frontend.port.port, dst.is_ipv6());
     let (protocol, eager) = match frontend.port.app_protocol {
-        Some(AppProtocol::Http) => (Protocol::Http1, None),
-        Some(AppProtocol::Http2 | AppProtocol::Grpc) => (Protocol::Http2, None),
         Some(AppProtocol::Tcp) => (Protocol::Opaque(Opaque::Unrecognized), None),
+        // Declared HTTP: only the version is the client's choice (an HTTP/1.1 client may
+        // call an `http2` port); anything else is left to the HTTP/1 parser to refuse.
+        Some(AppProtocol::Http | AppProtocol::Http2 | AppProtocol::Grpc) => {
+            let window = ctx.settings().protocol_detection_timeout;
+            match detect::client_speaks(&app, window).await {
+                Protocol::Http2 => (Protocol::Http2, None),
+                _ => (Protocol::Http1, None),
+            }
+        }
         None => {
             let Some(endpoint) = set.pick(&mut fastrand::Rng::new(), Instant::now()) else {
                 debug!(service = %set.host, "no endpoint for a TCP connection; resetting");
