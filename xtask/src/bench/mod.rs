@@ -7,15 +7,18 @@
 //! load generator run inside the pods, `report` turns samples into JSON and markdown, `svg`
 //! draws the chart, `docs` writes docs/benchmarks.md.
 
+mod agent;
 mod contender;
 mod docs;
 mod envoy;
 mod install;
+mod memory;
 mod pki;
 mod procstat;
 mod report;
 mod scenario;
 mod svg;
+mod targets;
 mod tool;
 mod topo;
 
@@ -147,7 +150,7 @@ pub fn run(opts: &Bench) -> Result<ExitCode> {
         },
         "durations": format!("{durations:?}"),
         "failures": failures,
-        "idle_conns": scenario::idle_conns(
+        "idle_conns": memory::idle_conns(
             durations.idle_conns,
             procstat::nofile_hard().unwrap_or(1024).min(1 << 20),
         ),
