@@ -24,6 +24,7 @@ pub mod mode;
 pub mod netfilter;
 pub mod netns;
 pub mod node;
+pub mod otlp;
 pub mod pod;
 pub mod precheck;
 pub mod proc;
