@@ -8,6 +8,7 @@ mod config;
 mod identity;
 mod logging;
 mod metrics;
+mod otlp;
 mod proxy;
 mod redirect;
 mod state;

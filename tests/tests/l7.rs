@@ -14,6 +14,7 @@ use tests::http_app::{
     serve_http, serve_tls,
 };
 use tests::identity::spiffe_id;
+use tests::otlp::OtlpReceiver;
 use tests::{Agent, AgentConfig, Mode, Node, Pod, Server, TestCa, Workload, poll_until};
 
 tests::in_every_mode!(
@@ -33,6 +34,7 @@ tests::in_every_mode!(
     bad_requests_get_their_status_while_others_are_served,
     requests_to_enrolled_endpoints_ride_the_mesh_tunnel,
     http1_clients_reach_an_http2_port_and_back,
+    the_server_side_counts_requests_from_outside_the_mesh,
 );
 
 const VIP: &str = "10.96.0.10";
@@ -478,13 +480,16 @@ fn grpc_unary_and_streaming_calls_are_counted_by_status(mode: Mode) {
 }
 
 /// Scenario 9: Istio's request metrics carry the codes and both workloads, a caller's
-/// `traceparent` is continued (same trace, new span), and the access log has a JSON line
-/// per request with its code and request id.
+/// `traceparent` is continued (same trace, new span), each request's span reaches an OTLP
+/// collector (the test's own receiver) with the ids the server saw, and the access log has
+/// a JSON line per request with its code and request id.
 fn metrics_trace_context_and_access_log_describe_each_request(mode: Mode) {
     let bed = Bed::new(&[("web-1", &[])]);
+    let collector = OtlpReceiver::start_in(&bed.node.netns_path()).unwrap();
     let cfg = bed
         .config(mode, web(json!({})))
-        .proxy_setting("accessLog", json!("json"));
+        .proxy_setting("accessLog", json!("json"))
+        .tracing(&format!("http://{}", collector.addr()), 1.0);
     let agent = Agent::start(&bed.node, cfg).unwrap();
 
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -542,6 +547,34 @@ fn metrics_trace_context_and_access_log_describe_each_request(mode: Mode) {
     assert_eq!(
         lines[2]["upstream_cluster"],
         "web.default.svc.cluster.local"
+    );
+
+    let spans = collector.wait_for(3, Duration::from_secs(10)).unwrap();
+    let continued = (spans.iter())
+        .find(|s| s.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .unwrap_or_else(|| panic!("no span of the caller's trace: {spans:?}"));
+    assert_eq!(
+        continued.parent_span_id.as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+    assert!(
+        sent.contains(&continued.span_id),
+        "the span the server was told of: {sent}"
+    );
+    assert_eq!(continued.attributes["http.response.status_code"], "200");
+    assert_eq!(continued.service_name, "sluice-proxy");
+    let not_found: Vec<_> = (spans.iter())
+        .filter(|s| {
+            s.attributes
+                .get("http.response.status_code")
+                .map(String::as_str)
+                == Some("404")
+        })
+        .collect();
+    assert_eq!(not_found.len(), 2, "{spans:?}");
+    assert!(
+        not_found.iter().all(|s| s.parent_span_id.is_none()),
+        "new traces: {spans:?}"
     );
 }
 
@@ -643,6 +676,7 @@ fn requests_to_enrolled_endpoints_ride_the_mesh_tunnel(mode: Mode) {
         "{echo:?}"
     );
     let mtls = [
+        ("reporter", "source"),
         ("connection_security_policy", "mutual_tls"),
         ("destination_workload", "web-1"),
     ];
@@ -661,6 +695,19 @@ fn requests_to_enrolled_endpoints_ride_the_mesh_tunnel(mode: Mode) {
         metric(&agent, "sluice_hbone_streams_total", &[]),
         1.0,
         "one pooled upstream connection"
+    );
+    let server_side = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+        ("source_workload", "client"),
+        ("source_principal", endpoint.as_str()),
+        ("destination_service_name", "web"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(
+        metric(&agent, "istio_requests_total", &server_side),
+        5.0,
+        "counted where they land"
     );
 }
 
@@ -698,4 +745,49 @@ fn http1_clients_reach_an_http2_port_and_back(mode: Mode) {
         echo.headers.contains_key("host"),
         "an HTTP/1 request needs a Host: {echo:?}"
     );
+}
+
+/// A client outside the mesh calling an enrolled pod's port that a service declares as
+/// HTTP: the pod's proxy serves the requests on the server side, counts each one
+/// (`reporter="destination"`, plaintext) and the app still sees the client's address.
+fn the_server_side_counts_requests_from_outside_the_mesh(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let http = web(json!({"ports": [{"port": PORT, "targetPort": TARGET, "appProtocol": "http"}]}));
+    let server = &bed.servers[0].0;
+    let cfg = AgentConfig::new(&bed.node)
+        .mode(mode)
+        .with(Workload::known(&bed.client))
+        .with(Workload::enrolled(server).labels(&[("app", "web")]))
+        .service(http);
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+
+    let direct = SocketAddr::new(server.ip().into(), TARGET);
+    for http2 in [false, true] {
+        let mut opts = LoadOpts::get("/status/201").times(3, 1);
+        if http2 {
+            opts = opts.http2();
+        }
+        let report = http_app::http_load(&bed.client, direct, &opts).unwrap();
+        assert_eq!(statuses(&report), BTreeMap::from([(201, 3)]), "{report:?}");
+    }
+    let echo = http_app::http_load(&bed.client, direct, &LoadOpts::get("/echo").bodies()).unwrap();
+    let echo = echo.requests[0].echo().unwrap();
+    assert!(
+        echo.peer.starts_with(&format!("{}:", bed.client.ip())),
+        "{echo:?}"
+    );
+    let server_side = [
+        ("reporter", "destination"),
+        ("source_workload", "client"),
+        ("destination_workload", "web-1"),
+        ("destination_service", "web.default.svc.cluster.local"),
+        ("connection_security_policy", "none"),
+        ("response_code", "201"),
+    ];
+    poll_until(
+        Duration::from_secs(5),
+        "server-side request metrics",
+        || Ok((metric(&agent, "istio_requests_total", &server_side) == 6.0).then_some(())),
+    )
+    .unwrap();
 }

@@ -127,6 +127,7 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
             serde_json::json!(enrollment.view());
     }
     info!("stopping; steering stays pinned for the next agent");
+    proxy.http.sink.spans.shutdown().await;
     Ok(())
 }
 

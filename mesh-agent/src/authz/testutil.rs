@@ -54,6 +54,7 @@ pub fn config(workloads: Vec<Workload>, authz_yaml: &str, peer_yaml: &str) -> Co
         peer_authentications,
         services: Vec::new(),
         http_routes: Vec::new(),
+        tracing: None,
     }
 }
 

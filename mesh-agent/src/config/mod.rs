@@ -15,7 +15,8 @@ pub use file::FileSource;
 #[cfg(test)]
 pub use file::parse;
 pub use model::{
-    AccessLogFormat, Config, ModeSetting, ProxySettings, RedirectMode, Workload, WorkloadKey,
+    AccessLogFormat, Config, ModeSetting, ProxySettings, RedirectMode, TracingSettings, Workload,
+    WorkloadKey,
 };
 
 use std::{path::PathBuf, sync::Arc};

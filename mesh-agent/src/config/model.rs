@@ -38,6 +38,19 @@ pub struct Config {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub services: Vec<Service>,
     pub http_routes: Vec<HttpRoute>,
+    /// Where request spans go; `None`: none are exported (trace context is still passed on).
+    pub tracing: Option<TracingSettings>,
+}
+
+/// A span per sampled request, sent to an OTLP/HTTP collector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TracingSettings {
+    /// `http://host:port` of the collector (its OTLP/HTTP receiver, usually port 4318).
+    pub otlp_endpoint: String,
+    /// The share of new traces recorded (0 to 1); a caller's sampled flag is kept as is.
+    #[serde(default = "defaults::sampling_rate")]
+    pub sampling_rate: f64,
 }
 
 /// How pods are steered into the proxy, node-wide (a workload may override it).
@@ -226,6 +239,9 @@ mod defaults {
     pub fn max_header_bytes() -> usize {
         64 * 1024
     }
+    pub fn sampling_rate() -> f64 {
+        1.0
+    }
     pub fn bpffs_root() -> PathBuf {
         PathBuf::from("/sys/fs/bpf/sluice")
     }
@@ -275,6 +291,7 @@ struct RawConfig {
     services: Vec<Service>,
     #[serde(default)]
     http_routes: Vec<HttpRoute>,
+    tracing: Option<TracingSettings>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -312,6 +329,7 @@ impl TryFrom<RawConfig> for Config {
         }
         check_policies(&raw)?;
         check_services(&raw)?;
+        check_proxy(&raw)?;
         let mut workloads = raw.workloads;
         for w in &mut workloads {
             if w.node.as_ref() == Some(&raw.node) {
@@ -339,6 +357,7 @@ impl TryFrom<RawConfig> for Config {
             peer_authentications: raw.peer_authentications,
             services: raw.services,
             http_routes: raw.http_routes,
+            tracing: raw.tracing,
         })
     }
 }
@@ -371,6 +390,26 @@ fn check_policies(raw: &RawConfig) -> Result<(), String> {
         if p.mtls.mode == MtlsMode::Strict && raw.identity.is_none() {
             return Err(format!(
                 "{who}: STRICT needs the identity section (without it mTLS is off)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Limits the proxy can honour, and a collector it can reach.
+fn check_proxy(raw: &RawConfig) -> Result<(), String> {
+    if raw.proxy.max_header_bytes < 8192 {
+        return Err("proxy: maxHeaderBytes must be at least 8192".into());
+    }
+    if let Some(t) = &raw.tracing {
+        if !(0.0..=1.0).contains(&t.sampling_rate) {
+            return Err("tracing: samplingRate must be within 0 and 1".into());
+        }
+        let uri: Result<hyper::Uri, _> = t.otlp_endpoint.parse();
+        if !uri.is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some()) {
+            return Err(format!(
+                "tracing: otlpEndpoint {:?} must be http://host:port",
+                t.otlp_endpoint
             ));
         }
     }

@@ -43,6 +43,30 @@ pub struct RequestLabels {
     pub connection_security_policy: &'static str,
 }
 
+impl RequestLabels {
+    /// Every label `unknown` (or its neutral value), to fill in what is known.
+    pub fn unknown() -> Self {
+        let unknown = || "unknown".to_string();
+        Self {
+            reporter: "source",
+            source_workload: unknown(),
+            source_workload_namespace: unknown(),
+            source_principal: unknown(),
+            destination_workload: unknown(),
+            destination_workload_namespace: unknown(),
+            destination_principal: unknown(),
+            destination_service: unknown(),
+            destination_service_name: unknown(),
+            destination_service_namespace: unknown(),
+            request_protocol: "http",
+            response_code: 0,
+            grpc_response_status: "-".into(),
+            response_flags: "-",
+            connection_security_policy: "none",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub destination_service: String,

@@ -15,7 +15,7 @@ mod exporter;
 
 use std::time::SystemTime;
 
-pub use exporter::{EndpointError, Exporter};
+pub use exporter::Exporter;
 
 /// One finished request as the proxy saw it: its hop of the trace, exported as a span of
 /// kind CLIENT (the proxy calls the upstream on the caller's behalf).

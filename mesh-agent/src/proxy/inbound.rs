@@ -7,7 +7,9 @@ use mesh_common::INBOUND_LISTENER_PORT;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::{Ends, ProxyContext, delivery, l4, orig_dst::original_dst, pod::Pod, tcp_labels};
+use hyper_util::rt::TokioIo;
+
+use super::{Ends, ProxyContext, delivery, http, l4, orig_dst::original_dst, pod::Pod, tcp_labels};
 use crate::authz::live::OwnedConnection;
 
 pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc<ProxyContext>) {
@@ -55,8 +57,36 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc
         Ok((app, exempted)) => (Ok(app), Some(exempted)),
         Err(e) => (Err(e), None),
     };
-    let idle = settings.idle_timeout;
-    super::relay_or_reset(&ctx, client, app, dst, &counters, idle, live.revoked()).await;
+    let http = ctx
+        .services()
+        .http_target(&pod.workload.key(), dst.port())
+        .cloned();
+    match (http, app) {
+        (Some(target), Ok(app)) => {
+            let caller = http::inbound::Caller {
+                workload: workloads.by_ip(peer.ip()).cloned(),
+                principal: None,
+            };
+            let client = TokioIo::new(client);
+            let revoked = live.revoked();
+            http::inbound::serve(
+                client,
+                app,
+                pod.clone(),
+                target,
+                caller,
+                ctx.clone(),
+                revoked,
+            )
+            .await;
+            counters.closed();
+            ctx.connection_finished();
+        }
+        (_, app) => {
+            let idle = settings.idle_timeout;
+            super::relay_or_reset(&ctx, client, app, dst, &counters, idle, live.revoked()).await;
+        }
+    }
 }
 
 /// Steering without NAT (sk_lookup) leaves the original destination as the accepted

@@ -74,7 +74,7 @@ impl ProxyContext {
             pool: Pool::start(metrics.clone()),
         });
         Arc::new(Self {
-            http: http::Http::new(metrics.clone(), config.proxy.access_log),
+            http: http::Http::new(metrics.clone(), config),
             metrics,
             mesh,
             live: LiveConnections::default(),

@@ -2,7 +2,9 @@
 //! (to name destinations in metrics) and which service answers at which virtual address.
 mod services;
 
-pub use services::{Backend, Frontend, RouteRule, ServiceIndex, ServiceKey, ServiceView};
+pub use services::{
+    Backend, Frontend, HttpTarget, RouteRule, ServiceIndex, ServiceKey, ServiceView,
+};
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 

@@ -10,9 +10,9 @@ use std::{
 };
 
 use crate::config::{
-    Config, Workload,
+    Config, Workload, WorkloadKey,
     route::{HttpRoute, HttpRouteMatch, HttpRouteRetry, PathMatchType},
-    service::{Service, ServicePort},
+    service::{AppProtocol, Service, ServicePort},
 };
 
 /// Names a service across config versions.
@@ -98,9 +98,18 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// A pod's port that a service declares as HTTP: requests to it are seen (and counted) on
+/// the server side too.
+#[derive(Clone, Debug)]
+pub struct HttpTarget {
+    pub service: Arc<ServiceView>,
+    pub app_protocol: AppProtocol,
+}
+
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
     frontends: HashMap<SocketAddr, Arc<Frontend>>,
+    http_targets: HashMap<(WorkloadKey, u16), HttpTarget>,
 }
 
 impl ServiceIndex {
@@ -112,7 +121,23 @@ impl ServiceIndex {
             })
             .collect();
         let mut frontends = HashMap::new();
+        let mut http_targets = HashMap::new();
         for s in services.values() {
+            for port in &s.service.ports {
+                let Some(app_protocol) = port.app_protocol.filter(|p| *p != AppProtocol::Tcp)
+                else {
+                    continue;
+                };
+                for w in s.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
+                    let target = HttpTarget {
+                        service: s.clone(),
+                        app_protocol,
+                    };
+                    http_targets
+                        .entry((w.key(), port.target()))
+                        .or_insert(target);
+                }
+            }
             for port in &s.service.ports {
                 let rules = rules_for(s, port.port, &config.http_routes, &services);
                 let frontend = Arc::new(Frontend {
@@ -125,11 +150,19 @@ impl ServiceIndex {
                 }
             }
         }
-        Self { frontends }
+        Self {
+            frontends,
+            http_targets,
+        }
     }
 
     pub fn frontend(&self, dst: SocketAddr) -> Option<&Arc<Frontend>> {
         self.frontends.get(&dst)
+    }
+
+    /// The service that declares `port` of `workload` as HTTP, if one does.
+    pub fn http_target(&self, workload: &WorkloadKey, port: u16) -> Option<&HttpTarget> {
+        self.http_targets.get(&(workload.clone(), port))
     }
 }
 

@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// Gateway API `HTTPRoute`-shaped routes (`name`, `namespace`, `parentRefs`, `rules`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http_routes: Vec<serde_json::Value>,
+    /// `otlpEndpoint` and `samplingRate`: request spans to a collector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -212,7 +215,17 @@ impl AgentConfig {
             peer_authentications: Vec::new(),
             services: Vec::new(),
             http_routes: Vec::new(),
+            tracing: None,
         }
+    }
+
+    /// Exports request spans to the OTLP/HTTP collector at `endpoint` (`http://host:port`).
+    pub fn tracing(mut self, endpoint: &str, sampling_rate: f64) -> AgentConfig {
+        self.tracing = Some(serde_json::json!({
+            "otlpEndpoint": endpoint,
+            "samplingRate": sampling_rate,
+        }));
+        self
     }
 
     /// Adds a service (see [`AgentConfig::services`]).

@@ -3,12 +3,12 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicU64},
-    time::{Duration, Instant, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::{
     Request, Response, StatusCode, Uri, Version,
     body::{Body, Incoming},
@@ -21,7 +21,7 @@ use super::{
     backends::{BackendSet, EndpointState},
     client::UpstreamBody,
     headers,
-    observe::{Counted, Exchange, Observed},
+    observe::{self, Counted, Exchange, Observed},
     retry,
     route::{self, Selected},
 };
@@ -59,7 +59,12 @@ pub async fn handle(
         count: exchange.request_bytes.clone(),
     };
     let Some(frontend) = ctx.services().frontend(down.dst).cloned() else {
-        return Ok(local(&ctx, exchange, StatusCode::SERVICE_UNAVAILABLE, "NR"));
+        return Ok(observe::local(
+            &ctx.http.sink,
+            exchange,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NR",
+        ));
     };
     let (service, port, rule) = match route::select(&frontend, &parts, &mut rng) {
         Selected::Service => (&frontend.service, frontend.port.port, None),
@@ -67,7 +72,14 @@ pub async fn handle(
             debug!(route = %rule.route, backend = %backend.service.key, "routed");
             (&backend.service, backend.port, Some(rule))
         }
-        Selected::NoRoute => return Ok(local(&ctx, exchange, StatusCode::NOT_FOUND, "NR")),
+        Selected::NoRoute => {
+            return Ok(observe::local(
+                &ctx.http.sink,
+                exchange,
+                StatusCode::NOT_FOUND,
+                "NR",
+            ));
+        }
     };
     let set = ctx.http.backends.get(service, port, down.dst.is_ipv6());
     let labels = &mut exchange.labels;
@@ -80,14 +92,24 @@ pub async fn handle(
         .clone_from(&set.service.key.namespace);
     if !set.admit(Instant::now()) {
         ctx.metrics.http.rate_limited(&set.host);
-        return Ok(local(&ctx, exchange, StatusCode::TOO_MANY_REQUESTS, "RL"));
+        return Ok(observe::local(
+            &ctx.http.sink,
+            exchange,
+            StatusCode::TOO_MANY_REQUESTS,
+            "RL",
+        ));
     }
     match set.pending_permit() {
         Ok(permit) => exchange.permit = permit,
         Err(pending) => {
             debug!(service = %set.host, pending, "pending-request cap reached");
             ctx.metrics.http.pending_overflow(&set.host);
-            return Ok(local(&ctx, exchange, StatusCode::SERVICE_UNAVAILABLE, "UO"));
+            return Ok(observe::local(
+                &ctx.http.sink,
+                exchange,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UO",
+            ));
         }
     }
     let retry = rule.and_then(|r| r.retry.as_ref());
@@ -114,11 +136,11 @@ pub async fn handle(
         Ok((response, endpoint, sent)) => {
             exchange.upstream_service_time = Some(sent.elapsed());
             describe_endpoint(&mut exchange, &ctx, &endpoint);
-            respond(&ctx, exchange, response, down.version)
+            observe::respond(&ctx.http.sink, exchange, response, down.version)
         }
         Err(failure) => {
             let (status, flags) = failure.status();
-            local(&ctx, exchange, status, flags)
+            observe::local(&ctx.http.sink, exchange, status, flags)
         }
     })
 }
@@ -330,66 +352,28 @@ fn exchange(
     ctx: &ProxyContext,
     rng: &mut fastrand::Rng,
 ) -> Exchange {
-    let authority = match parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(host) => host.to_owned(),
-        None => {
-            let authority =
-                (parts.uri.authority()).map_or_else(|| down.dst.to_string(), |a| a.to_string());
-            if let Ok(value) = HeaderValue::from_str(&authority) {
-                parts.headers.insert(header::HOST, value);
-            }
-            authority
+    if !parts.headers.contains_key(header::HOST) {
+        let authority =
+            (parts.uri.authority()).map_or_else(|| down.dst.to_string(), |a| a.to_string());
+        if let Ok(value) = HeaderValue::from_str(&authority) {
+            parts.headers.insert(header::HOST, value);
         }
-    };
-    headers::strip_hop_by_hop(&mut parts.headers);
-    let (request_id, trace) = headers::tag(&mut parts.headers, rng);
-    let text = |name: header::HeaderName| {
-        (parts.headers.get(name).and_then(|v| v.to_str().ok())).map(str::to_owned)
-    };
-    let grpc = (parts.headers.get(header::CONTENT_TYPE))
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let w = &down.pod.workload;
-    Exchange {
-        start: SystemTime::now(),
-        started: Instant::now(),
-        method: parts.method.to_string(),
-        path: (parts.uri.path_and_query()).map_or_else(|| "/".into(), |p| p.to_string()),
-        protocol: if down.version == Version::HTTP_2 {
-            "HTTP/2"
-        } else {
-            "HTTP/1.1"
-        },
-        authority,
-        user_agent: text(header::USER_AGENT),
-        forwarded_for: text(header::HeaderName::from_static("x-forwarded-for")),
-        request_id,
-        trace_id: trace.trace_id,
-        upstream_host: None,
-        upstream_service_time: None,
-        request_bytes: Arc::new(AtomicU64::new(0)),
-        labels: RequestLabels {
-            reporter: "source",
-            source_workload: w.name.clone(),
-            source_workload_namespace: w.namespace.clone(),
-            source_principal: ctx.principal_of(w).unwrap_or_else(|| "unknown".into()),
-            destination_workload: "unknown".into(),
-            destination_workload_namespace: "unknown".into(),
-            destination_principal: "unknown".into(),
-            destination_service: down.dst.to_string(),
-            destination_service_name: "unknown".into(),
-            destination_service_namespace: "unknown".into(),
-            request_protocol: if grpc { "grpc" } else { "http" },
-            response_code: 0,
-            grpc_response_status: "-".into(),
-            response_flags: "-",
-            connection_security_policy: "none",
-        },
-        permit: None,
     }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let sampling = ctx.http.sink.spans.sampling_rate();
+    let (_, trace) = headers::tag(&mut parts.headers, rng, sampling);
+    let w = &down.pod.workload;
+    let labels = RequestLabels {
+        reporter: "source",
+        source_workload: w.name.clone(),
+        source_workload_namespace: w.namespace.clone(),
+        source_principal: ctx.principal_of(w).unwrap_or_else(|| "unknown".into()),
+        destination_service: down.dst.to_string(),
+        ..RequestLabels::unknown()
+    };
+    let mut exchange = Exchange::begin(parts, down.version, labels);
+    exchange.trace = Some(trace);
+    exchange
 }
 
 /// Names the endpoint that answered in the record.
@@ -409,48 +393,4 @@ fn describe_endpoint(exchange: &mut Exchange, ctx: &ProxyContext, endpoint: &End
         labels.destination_principal = principal;
         labels.connection_security_policy = "mutual_tls";
     }
-}
-
-fn respond(
-    ctx: &ProxyContext,
-    mut exchange: Exchange,
-    response: Response<Incoming>,
-    version: Version,
-) -> Response<Observed> {
-    let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    parts.version = version;
-    exchange.labels.response_code = parts.status.as_u16();
-    let body = Observed::new(
-        Either::Left(body),
-        exchange,
-        ctx.http.sink.clone(),
-        &parts.headers,
-    );
-    Response::from_parts(parts, body)
-}
-
-/// An answer from the proxy itself, with Envoy's response flag saying why.
-fn local(
-    ctx: &ProxyContext,
-    mut exchange: Exchange,
-    status: StatusCode,
-    flags: &'static str,
-) -> Response<Observed> {
-    exchange.labels.response_code = status.as_u16();
-    exchange.labels.response_flags = flags;
-    let text = format!("{}\n", status.canonical_reason().unwrap_or("error"));
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    headers.insert("x-sluice-response-flags", HeaderValue::from_static(flags));
-    let (parts, ()) = response.into_parts();
-    let body = Observed::new(
-        Either::Right(Full::new(Bytes::from(text))),
-        exchange,
-        ctx.http.sink.clone(),
-        &parts.headers,
-    );
-    Response::from_parts(parts, body)
 }

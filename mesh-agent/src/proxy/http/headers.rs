@@ -47,8 +47,13 @@ pub struct TraceContext {
 }
 
 /// Sets `x-request-id` (kept when present) and `traceparent` (a child span of the caller's,
-/// or a new trace), and returns both.
-pub fn tag(headers: &mut HeaderMap, rng: &mut fastrand::Rng) -> (String, TraceContext) {
+/// or a new trace, recorded with probability `sampling` when a collector is configured),
+/// and returns both.
+pub fn tag(
+    headers: &mut HeaderMap,
+    rng: &mut fastrand::Rng,
+    sampling: Option<f64>,
+) -> (String, TraceContext) {
     let request_id = match headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => {
@@ -69,7 +74,8 @@ pub fn tag(headers: &mut HeaderMap, rng: &mut fastrand::Rng) -> (String, TraceCo
             trace_id: format!("{}{}", hex(rng.u64(1..)), hex(rng.u64(..))),
             span_id: hex(rng.u64(1..)),
             parent_id: None,
-            sampled: true,
+            // Without a collector the proxy records nothing and leaves the choice to the apps.
+            sampled: sampling.is_none_or(|rate| crate::otlp::should_sample(None, rate, rng)),
         },
     };
     let flags = if trace.sampled { "01" } else { "00" };
@@ -135,7 +141,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert(TRACEPARENT, HeaderValue::from_static(parent));
-        let (_, trace) = tag(&mut h, &mut rng);
+        let (_, trace) = tag(&mut h, &mut rng, None);
         assert_eq!(trace.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(trace.parent_id.as_deref(), Some("00f067aa0ba902b7"));
         let sent = h[&TRACEPARENT].to_str().unwrap();
@@ -159,7 +165,7 @@ mod tests {
             if let Some(bad) = bad {
                 h.insert(TRACEPARENT, HeaderValue::from_static(bad));
             }
-            let (id, trace) = tag(&mut h, &mut rng);
+            let (id, trace) = tag(&mut h, &mut rng, None);
             assert_eq!(trace.parent_id, None);
             assert_eq!(trace.trace_id.len(), 32);
             assert_eq!(id.len(), 36, "{id}");
@@ -172,7 +178,7 @@ mod tests {
     fn a_request_id_is_kept() {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("abc"));
-        assert_eq!(tag(&mut h, &mut fastrand::Rng::with_seed(3)).0, "abc");
+        assert_eq!(tag(&mut h, &mut fastrand::Rng::with_seed(3), None).0, "abc");
     }
 
     #[test]

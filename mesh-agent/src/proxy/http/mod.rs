@@ -11,10 +11,12 @@ pub mod breaker;
 pub mod client;
 pub mod forward;
 pub mod headers;
+pub mod inbound;
 pub mod observe;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
+pub mod spans;
 
 use std::sync::{Arc, RwLock};
 
@@ -25,28 +27,28 @@ use tracing::debug;
 
 use self::{backends::Backends, client::Clients, forward::Downstream, observe::Sink};
 use super::ProxyContext;
-use crate::{
-    config::{AccessLogFormat, Config},
-    metrics::Metrics,
-    state::ServiceKey,
-};
+use crate::{config::Config, metrics::Metrics, state::ServiceKey};
 
 /// The node's L7 state: live endpoint state per service and upstream pools per pod.
 pub struct Http {
     pub backends: Backends,
     pub clients: Clients,
-    sink: Arc<Sink>,
+    pub sink: Arc<Sink>,
 }
 
 impl Http {
-    pub fn new(metrics: Arc<Metrics>, access_log: AccessLogFormat) -> Self {
+    pub fn new(metrics: Arc<Metrics>, config: &Config) -> Self {
+        let sink = Arc::new(Sink {
+            metrics: metrics.clone(),
+            access_log: RwLock::new(config.proxy.access_log),
+            spans: spans::Spans::default(),
+        });
+        sink.spans.configure(config.tracing.as_ref(), &config.node);
+        metrics.register_collector(Box::new(spans::SpanCounters(sink.clone())));
         Self {
             backends: Backends::default(),
             clients: Clients::default(),
-            sink: Arc::new(Sink {
-                metrics,
-                access_log: RwLock::new(access_log),
-            }),
+            sink,
         }
     }
 

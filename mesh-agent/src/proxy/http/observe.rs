@@ -12,13 +12,15 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::{
-    HeaderMap,
+    HeaderMap, Response, StatusCode, Version,
     body::{Body, Frame, Incoming, SizeHint},
+    header::{self, HeaderValue},
+    http::request::Parts,
 };
 
-use super::{access_log, breaker::PendingPermit, client::BoxError};
+use super::{access_log, breaker::PendingPermit, client::BoxError, headers};
 use crate::metrics::{
     Metrics,
     http::{RequestLabels, RequestRecord},
@@ -39,12 +41,85 @@ pub struct Exchange {
     pub upstream_host: Option<String>,
     pub upstream_service_time: Option<Duration>,
     pub request_bytes: Arc<AtomicU64>,
+    /// The proxy's span, on the client side (the server side passes trace context on).
+    pub trace: Option<headers::TraceContext>,
     pub labels: RequestLabels,
     /// Holds the request's place under the service's pending cap until it ends.
     pub permit: Option<PendingPermit>,
 }
 
-pub type Inner = Either<Incoming, http_body_util::Full<Bytes>>;
+impl Exchange {
+    /// The record of a request as it arrives; `labels` say who is at each end.
+    pub fn begin(parts: &Parts, version: Version, mut labels: RequestLabels) -> Exchange {
+        let text =
+            |name: &str| (parts.headers.get(name).and_then(|v| v.to_str().ok())).map(str::to_owned);
+        let authority = text("host").or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        let trace_id = text("traceparent").and_then(|t| t.split('-').nth(1).map(str::to_owned));
+        let grpc = (parts.headers.get(header::CONTENT_TYPE))
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        labels.request_protocol = if grpc { "grpc" } else { "http" };
+        Exchange {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            method: parts.method.to_string(),
+            path: (parts.uri.path_and_query()).map_or_else(|| "/".into(), |p| p.to_string()),
+            protocol: if version == Version::HTTP_2 {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+            authority: authority.unwrap_or_else(|| "-".into()),
+            user_agent: text("user-agent"),
+            forwarded_for: text("x-forwarded-for"),
+            request_id: text("x-request-id").unwrap_or_else(|| "-".into()),
+            trace_id: trace_id.unwrap_or_else(|| "-".into()),
+            upstream_host: None,
+            upstream_service_time: None,
+            request_bytes: Arc::new(AtomicU64::new(0)),
+            trace: None,
+            labels,
+            permit: None,
+        }
+    }
+}
+
+/// The upstream's response, passed on with its record.
+pub fn respond(
+    sink: &Arc<Sink>,
+    mut exchange: Exchange,
+    response: Response<Incoming>,
+    version: Version,
+) -> Response<Observed> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = version;
+    exchange.labels.response_code = parts.status.as_u16();
+    let body = Observed::new(Either::Left(body), exchange, sink.clone(), &parts.headers);
+    Response::from_parts(parts, body)
+}
+
+/// An answer from the proxy itself, with Envoy's response flag saying why.
+pub fn local(
+    sink: &Arc<Sink>,
+    mut exchange: Exchange,
+    status: StatusCode,
+    flags: &'static str,
+) -> Response<Observed> {
+    exchange.labels.response_code = status.as_u16();
+    exchange.labels.response_flags = flags;
+    let text = format!("{}\n", status.canonical_reason().unwrap_or("error"));
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert("x-sluice-response-flags", HeaderValue::from_static(flags));
+    let (parts, ()) = response.into_parts();
+    let body = Either::Right(Full::new(Bytes::from(text)));
+    let body = Observed::new(body, exchange, sink.clone(), &parts.headers);
+    Response::from_parts(parts, body)
+}
+
+pub type Inner = Either<Incoming, Full<Bytes>>;
 
 /// A response body that finishes its [`Exchange`] when it ends or is dropped.
 pub struct Observed {
@@ -58,6 +133,7 @@ pub struct Observed {
 pub struct Sink {
     pub metrics: Arc<Metrics>,
     pub access_log: std::sync::RwLock<crate::config::AccessLogFormat>,
+    pub spans: super::spans::Spans,
 }
 
 impl Observed {
@@ -94,6 +170,7 @@ impl Observed {
             .read()
             .unwrap_or_else(|p| p.into_inner());
         access_log::write(format, &exchange, &record);
+        self.sink.spans.record(&exchange, &record);
     }
 }
 

@@ -18,7 +18,7 @@ use super::{CONNECTION_WINDOW, MAX_FRAME, SERVER_MAX_STREAMS, STREAM_WINDOW, rel
 use crate::{
     authz::live::OwnedConnection,
     identity::{self, HandshakeFailure, SpiffeId},
-    proxy::{Ends, ProxyContext, delivery, l4, pod::Pod, tcp_labels},
+    proxy::{Ends, ProxyContext, delivery, http, l4, pod::Pod, tcp_labels},
 };
 
 /// The first byte of a TLS handshake record.
@@ -178,9 +178,23 @@ impl Session {
         };
         let upgrade = hyper::upgrade::on(&mut request);
         let ctx = ctx.clone();
+        let http = ctx
+            .services()
+            .http_target(&pod.workload.key(), target.port())
+            .cloned();
+        let caller = http::inbound::Caller {
+            workload: workloads.by_ip(self.peer.ip()).cloned(),
+            principal: Some(self.peer_id.to_string()),
+        };
+        let pod = pod.clone();
         tokio::spawn(async move {
-            match upgrade.await {
-                Ok(stream) => {
+            match (upgrade.await, http) {
+                (Ok(stream), Some(http)) => {
+                    let revoked = live.revoked();
+                    http::inbound::serve(stream, app, pod, http, caller, ctx.clone(), revoked)
+                        .await;
+                }
+                (Ok(stream), None) => {
                     let (request, response) = (&counters.received_bytes, &counters.sent_bytes);
                     let end = relay::relay(
                         app,
@@ -193,7 +207,7 @@ impl Session {
                     .await;
                     debug!(%target, ?end, "tunnelled connection done");
                 }
-                Err(error) => {
+                (Err(error), _) => {
                     debug!(%target, %error, "stream never opened");
                     l4::reset(&app);
                 }
