@@ -11,6 +11,7 @@ mod agent;
 mod contender;
 mod docs;
 mod envoy;
+mod fixed_rate;
 mod install;
 mod memory;
 mod pki;

@@ -70,6 +70,20 @@ pub enum Tool {
         #[arg(long, default_value_t = 25)]
         threads: usize,
     },
+    /// HTTP/1.1 GETs at `rate` per second over `conns` keep-alive connections: latency
+    /// percentiles (after `warmup` seconds) as JSON; see `fixed_rate`.
+    #[command(hide = true)]
+    HttpRate {
+        target: SocketAddr,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        conns: usize,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+    },
     /// Polls `GET http://<addr><path>` until it answers 200 (or `timeout` passes) and
     /// prints the body.
     #[command(hide = true)]
@@ -102,6 +116,13 @@ pub fn run(tool: &Tool) -> Result<()> {
             bytes,
             threads,
         } => burst(*target, *conns, *bytes, *threads),
+        Tool::HttpRate {
+            target,
+            rate,
+            conns,
+            secs,
+            warmup,
+        } => super::fixed_rate::run(*target, *rate, *conns, *secs, *warmup),
         Tool::HttpGet {
             addr,
             path,
