@@ -1,10 +1,12 @@
 //! The node agent's configuration for one scenario run: both pods as workloads, those on
-//! the path enrolled, the run's CA on the mTLS path.
+//! the path enrolled, the run's CA on the mTLS path, the service on the HTTP path.
 
 use std::fmt::Write as _;
 use std::path::{Path as FsPath, PathBuf};
 
+use super::http::{PORTS, SERVICE, VIP};
 use super::pki;
+use super::topo::SERVER_IP;
 
 /// A pod in the agent's configuration; `captured`: its netns and cgroup when enrolled.
 pub struct AgentPod {
@@ -16,13 +18,15 @@ pub struct AgentPod {
 /// The agent's configuration: both pods are known workloads (they name each other in
 /// metrics), each with its role as service account, and those on the path are enrolled,
 /// which captures their outbound and their inbound connections alike. With `ca` (the mTLS
-/// path) the `identity` section turns the tunnel between enrolled pods on.
+/// path) the `identity` section turns the tunnel between enrolled pods on. With `service`
+/// (the HTTP path), the service the client calls.
 pub fn agent_yaml(
     node: &str,
     cgroup_root: &FsPath,
     mode: &str,
     pods: &[AgentPod],
     ca: Option<&FsPath>,
+    service: bool,
 ) -> String {
     let mut yaml = format!(
         "node: {node}\ncgroupRoot: {root}\nredirect:\n  mode: {mode}\n\
@@ -59,12 +63,35 @@ pub fn agent_yaml(
             None => yaml.push_str("    enrolled: false\n"),
         }
     }
+    if service {
+        yaml.push_str(&service_yaml());
+    }
+    yaml
+}
+
+/// Service `web` at the VIP, one port per HTTP version declared by its `appProtocol` (the
+/// proxy speaks that version upstream), the server pod as its one endpoint.
+fn service_yaml() -> String {
+    let mut yaml = format!(
+        "services:\n  - name: {SERVICE}\n    namespace: {ns}\n    vips: [\"{VIP}\"]\n    ports:\n",
+        ns = pki::NAMESPACE
+    );
+    for p in PORTS {
+        let _ = writeln!(
+            yaml,
+            "      - {{port: {}, targetPort: {}, appProtocol: {}}}",
+            p.port,
+            p.target,
+            p.app_protocol()
+        );
+    }
+    let _ = writeln!(yaml, "    addresses: [\"{SERVER_IP}\"]");
     yaml
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::topo::{CLIENT_IP, SERVER_IP};
+    use super::super::topo::CLIENT_IP;
     use super::*;
 
     fn pods(server_captured: bool) -> Vec<AgentPod> {
@@ -85,7 +112,7 @@ mod tests {
 
     #[test]
     fn agent_config_enrolls_the_pods_on_the_path() {
-        let yaml = agent_yaml("n1", FsPath::new("/cg"), "ebpf", &pods(false), None);
+        let yaml = agent_yaml("n1", FsPath::new("/cg"), "ebpf", &pods(false), None, false);
         assert!(yaml.starts_with("node: n1\ncgroupRoot: /cg\nredirect:\n  mode: ebpf\n"));
         assert!(
             !yaml.contains("identity"),
@@ -102,6 +129,23 @@ mod tests {
     }
 
     #[test]
+    fn agent_config_on_the_http_path_has_the_service() {
+        let yaml = agent_yaml("n1", FsPath::new("/cg"), "ebpf", &pods(false), None, true);
+        // The client enrolled, the server a known workload behind the service.
+        assert!(yaml.contains("cgroup: /cg/pods/client\n"));
+        assert!(yaml.contains("enrolled: false\n"));
+        assert!(
+            yaml.ends_with(
+                "services:\n  - name: web\n    namespace: bench\n    vips: [\"10.96.0.10\"]\n    \
+                 ports:\n      - {port: 80, targetPort: 8080, appProtocol: http}\n      \
+                 - {port: 81, targetPort: 8081, appProtocol: http2}\n    \
+                 addresses: [\"10.79.0.3\"]\n"
+            ),
+            "{yaml}"
+        );
+    }
+
+    #[test]
     fn agent_config_on_the_mtls_path_has_the_runs_ca() {
         let yaml = agent_yaml(
             "n1",
@@ -109,6 +153,7 @@ mod tests {
             "nftables",
             &pods(true),
             Some(FsPath::new("/w/ca")),
+            false,
         );
         assert!(yaml.contains(
             "identity:\n  trustDomain: cluster.local\n  ca:\n    dir: /w/ca\nworkloads:\n"

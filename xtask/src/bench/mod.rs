@@ -2,18 +2,23 @@
 //! one run, interleaved so that a comparison holds while the machine's speed drifts.
 //!
 //! Modules: `topo` builds the node (netns, bridge, cgroups) and spawns pinned processes,
-//! `contender` starts and stops each contender, `envoy` is Envoy's sidecar configuration,
-//! `pki` the mTLS path's CA and certificates, `scenario` measures one run, `tool` is the
-//! load generator run inside the pods, `report` turns samples into JSON and markdown, `svg`
-//! draws the chart, `docs` writes docs/benchmarks.md.
+//! `contender` starts and stops each contender, `agent` is the agent's configuration,
+//! `envoy` Envoy's sidecar configuration and `envoy_http` its HTTP listeners, `pki` the mTLS
+//! path's CA and certificates, `scenario` measures one run (`memory` the memory scenario,
+//! `http` the HTTP ones against `nginx`), `tool` is the load generator run inside the pods
+//! (`fixed_rate` its HTTP client), `report` turns samples into JSON and markdown, `targets`
+//! computes the targets, `svg` draws the chart, `docs` writes docs/benchmarks.md.
 
 mod agent;
 mod contender;
 mod docs;
 mod envoy;
+mod envoy_http;
 mod fixed_rate;
+mod http;
 mod install;
 mod memory;
+mod nginx;
 mod pki;
 mod procstat;
 mod report;
@@ -46,7 +51,8 @@ pub struct Bench {
     /// inbound-rr-latency, inbound-connect-rate (server pod only: its inbound proxy),
     /// mesh-throughput-1, mesh-rr-latency, mesh-connect-rate (both pods: both proxies),
     /// mtls-throughput-1, mtls-rr-latency, mtls-connect-rate (both proxies, in mutual TLS),
-    /// http1-fixed-rate, http1-max-rps, http2-max-rps, memory.
+    /// http1-fixed-rate, http1-max-rps, http2-max-rps (client pod in the mesh, calling a
+    /// service its proxy serves as HTTP), memory.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// Run only this contender (repeatable): direct, sluice-ebpf, sluice-nftables,
@@ -238,7 +244,7 @@ fn measure(plan: &Plan, bins: &Bins) -> Result<Measured> {
     let mut threads = serde_json::Map::new();
     let mut failures = Vec::new();
     for round in 0..rounds {
-        for s in plan.scenarios.iter().filter(|s| s.skip().is_none()) {
+        for s in plan.scenarios {
             // Rotate the order each round so no contender always runs first or last.
             let mut order = plan.contenders.to_vec();
             let n = order.len();

@@ -36,16 +36,11 @@ impl Entry {
 pub struct Report {
     pub entries: Vec<Entry>,
     pub targets: Vec<Target>,
-    pub skipped: Vec<(&'static str, &'static str)>,
 }
 
 pub fn summarize(samples: &Samples) -> Report {
     let mut entries = Vec::new();
-    let mut skipped = Vec::new();
     for s in SCENARIOS {
-        if let Some(reason) = s.skip() {
-            skipped.push((s.name, reason));
-        }
         for metric in s.metrics {
             let Some(by) = samples.get(metric.name) else {
                 continue;
@@ -62,11 +57,7 @@ pub fn summarize(samples: &Samples) -> Report {
         }
     }
     let targets = targets(&entries);
-    Report {
-        entries,
-        targets,
-        skipped,
-    }
+    Report { entries, targets }
 }
 
 /// Median, min and max of the finite values.
@@ -128,11 +119,11 @@ fn round(x: f64) -> Value {
     json!((x * digits).round() / digits)
 }
 
-/// The JSON report: one entry per metric (the shape) plus skipped scenarios,
-/// targets and `meta` (date, load, settings).
+/// The JSON report: one entry per metric (the shape) plus targets and `meta`
+/// (date, load, settings).
 pub fn to_json(report: &Report, meta: Value) -> Value {
     use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
-    let mut scenarios: Vec<Value> = report
+    let scenarios: Vec<Value> = report
         .entries
         .iter()
         .map(|e| {
@@ -171,9 +162,6 @@ pub fn to_json(report: &Report, meta: Value) -> Value {
             })
         })
         .collect();
-    for (name, reason) in &report.skipped {
-        scenarios.push(json!({"name": name, "skipped": reason, "results": {}, "spread": {}}));
-    }
     let targets: Vec<Value> = report
         .targets
         .iter()
@@ -204,7 +192,7 @@ pub fn fmt(x: f64) -> String {
     }
 }
 
-/// Markdown: results (median, min–max), ratios, targets, skipped scenarios.
+/// Markdown: results (median, min–max), ratios, targets, what each scenario does.
 pub fn to_markdown(report: &Report) -> String {
     use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
     let mut md = String::from("| metric | unit |");
@@ -263,16 +251,6 @@ pub fn to_markdown(report: &Report) -> String {
     md.push_str("\n| scenario | what |\n|---|---|\n");
     for s in SCENARIOS {
         let _ = writeln!(md, "| `{}` | {} |", s.name, s.what);
-    }
-    if !report.skipped.is_empty() {
-        md.push_str("\nSkipped: ");
-        let names: Vec<String> = report
-            .skipped
-            .iter()
-            .map(|(n, r)| format!("`{n}` ({r})"))
-            .collect();
-        md.push_str(&names.join(", "));
-        md.push('\n');
     }
     md
 }

@@ -7,9 +7,10 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use super::contender::{Bins, Running};
+use super::http::{self, HttpPort};
 use super::tool::{ECHO, ONESHOT};
 use super::topo::{self, Proc, SERVER_IP, Topology};
-use super::{memory, procstat};
+use super::{memory, nginx, procstat};
 
 pub const IPERF_PORT: u16 = 5201;
 pub const TOOL_PORT: u16 = 7000;
@@ -42,13 +43,15 @@ pub enum Path {
     /// As `Mesh`, with mutual TLS between the two proxies: Sluice's HBONE tunnel, Envoy's
     /// sidecars with Istio's mTLS.
     Mtls,
+    /// As `Outbound`, to a service's VIP that the client pod's proxy serves as HTTP (`http`).
+    Http,
 }
 
 impl Path {
     /// The pods whose traffic is captured (topology roles), client first.
     pub fn captured(self) -> &'static [&'static str] {
         match self {
-            Path::Outbound => &["client"],
+            Path::Outbound | Path::Http => &["client"],
             Path::Inbound => &["server"],
             Path::Mesh | Path::Mtls => &["client", "server"],
         }
@@ -71,8 +74,10 @@ pub enum Load {
     Connects,
     /// The proxy's memory, idle, with idle connections, through a burst.
     Memory,
-    /// Cannot run yet, for this reason; listed in the report with it.
-    NotYet(&'static str),
+    /// h2load on this port of the service, as many requests as it gets answered: req/s.
+    HttpMaxRps(HttpPort),
+    /// HTTP/1.1 requests at a fixed rate: latency percentiles.
+    HttpFixedRate,
 }
 
 pub struct Scenario {
@@ -84,18 +89,6 @@ pub struct Scenario {
     pub proxy_only: bool,
     pub metrics: &'static [Metric],
 }
-
-impl Scenario {
-    /// Why this scenario cannot run yet.
-    pub fn skip(&self) -> Option<&'static str> {
-        match self.load {
-            Load::NotYet(reason) => Some(reason),
-            _ => None,
-        }
-    }
-}
-
-const NO_L7: &str = "Sluice has no L7 yet";
 
 /// One L4 scenario per load and path, the metric names made from the scenario's: the same
 /// loads run on the outbound, inbound and mesh paths, and their metrics line up by suffix.
@@ -161,16 +154,8 @@ macro_rules! connect_rate {
     };
 }
 
-const fn not_yet(name: &'static str, what: &'static str) -> Scenario {
-    Scenario {
-        name,
-        what,
-        path: Path::Outbound,
-        load: Load::NotYet(NO_L7),
-        proxy_only: false,
-        metrics: &[],
-    }
-}
+/// The HTTP scenarios' metrics of the proxy's CPU.
+const CPU_PER_1000_REQ: &str = "proxy CPU ms/1000 req";
 
 pub const SCENARIOS: &[Scenario] = &[
     throughput!("l4", 1, Path::Outbound, "iperf3, one TCP stream"),
@@ -217,9 +202,46 @@ pub const SCENARIOS: &[Scenario] = &[
         Path::Mesh,
         "as l4-connect-rate, both pods in the mesh: client's outbound, then server's inbound proxy"
     ),
-    not_yet("http1-fixed-rate", "HTTP/1.1 at a fixed rate, latency"),
-    not_yet("http1-max-rps", "HTTP/1.1 requests per second"),
-    not_yet("http2-max-rps", "HTTP/2 requests per second"),
+    Scenario {
+        name: "http1-fixed-rate",
+        what: "HTTP/1.1 GETs to a service at 1000 req/s over 16 keep-alive connections \
+               (xtask's http-rate client), latency of each; the client pod in the mesh, its \
+               proxy serving the service's VIP at L7 (direct: the server pod itself); late: \
+               requests sent more than a period (16 ms) after their time",
+        path: Path::Http,
+        load: Load::HttpFixedRate,
+        proxy_only: false,
+        metrics: &[
+            m("http1-fixed-rate-p50", "µs", false),
+            m("http1-fixed-rate-p99", "µs", false),
+            m("http1-fixed-rate-late", "% sent late", false),
+            m("http1-fixed-rate-proxy-cpu", CPU_PER_1000_REQ, false),
+        ],
+    },
+    Scenario {
+        name: "http1-max-rps",
+        what: "HTTP/1.1 requests per second to the same service: h2load --h1, 32 keep-alive \
+               connections",
+        path: Path::Http,
+        load: Load::HttpMaxRps(http::HTTP1),
+        proxy_only: false,
+        metrics: &[
+            m("http1-max-rps", "req/s", true),
+            m("http1-max-rps-proxy-cpu", CPU_PER_1000_REQ, false),
+        ],
+    },
+    Scenario {
+        name: "http2-max-rps",
+        what: "HTTP/2 requests per second to the same service: h2load, prior knowledge, 4 \
+               connections × 32 concurrent streams; the proxy speaks HTTP/2 upstream too",
+        path: Path::Http,
+        load: Load::HttpMaxRps(http::HTTP2),
+        proxy_only: false,
+        metrics: &[
+            m("http2-max-rps", "req/s", true),
+            m("http2-max-rps-proxy-cpu", CPU_PER_1000_REQ, false),
+        ],
+    },
     throughput!(
         "mtls",
         1,
@@ -292,6 +314,8 @@ pub struct Durations {
     pub burst_conns: usize,
     /// How long memory may take to come back after the burst.
     pub recovery_secs: u64,
+    /// Each HTTP scenario's run.
+    pub http_secs: u32,
 }
 
 impl Durations {
@@ -304,6 +328,7 @@ impl Durations {
                 idle_conns: 10_000,
                 burst_conns: 1000,
                 recovery_secs: 20,
+                http_secs: 3,
             }
         } else {
             Durations {
@@ -313,6 +338,7 @@ impl Durations {
                 idle_conns: 10_000,
                 burst_conns: 1000,
                 recovery_secs: 60,
+                http_secs: 10,
             }
         }
     }
@@ -347,7 +373,8 @@ pub fn start_servers(topo: &Topology, bins: &Bins) -> Result<Vec<Proc>> {
         ensure!(Instant::now() < deadline, "the tool server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(vec![iperf, tool])
+    let nginx = nginx::start(topo, bins)?;
+    Ok(vec![iperf, tool, nginx])
 }
 
 /// One run of `scenario` against `running`: the metric values, in `scenario.metrics` order.
@@ -381,7 +408,8 @@ pub fn run(ctx: &Ctx, scenario: &Scenario, running: &Running) -> Result<Vec<f64>
             };
             return memory::memory(ctx, pid);
         }
-        Load::NotYet(reason) => bail!("scenario {} cannot run: {reason}", scenario.name),
+        Load::HttpMaxRps(port) => http::max_rps(ctx, running.contender, port)?,
+        Load::HttpFixedRate => http::fixed_rate(ctx, running.contender)?,
     };
     let cpu_used = cpu()? - cpu0;
     // The last value is the work done, turned into the proxy's CPU per unit of it.
@@ -501,12 +529,40 @@ mod tests {
         let mesh = find("mesh-throughput-1").unwrap();
         assert_eq!(mesh.path.captured(), ["client", "server"]);
         assert_eq!(mesh.load, Load::Throughput(1));
-        assert_eq!(find("mesh-connect-rate").unwrap().skip(), None);
-        assert_eq!(find("http2-max-rps").unwrap().skip(), Some(NO_L7));
         assert!(
             find("mtls-handshakes").is_err(),
             "replaced by the mtls-* scenarios"
         );
+    }
+
+    #[test]
+    fn http_scenarios_call_the_service_through_the_client_pods_proxy() {
+        let fixed = find("http1-fixed-rate").unwrap();
+        assert_eq!(fixed.path, Path::Http);
+        assert_eq!(fixed.path.captured(), ["client"]);
+        assert!(!fixed.path.mtls() && !fixed.proxy_only);
+        assert_eq!(fixed.load, Load::HttpFixedRate);
+        assert!(fixed.what.contains(&format!(
+            "{} req/s over {} keep-alive",
+            http::FIXED_RATE,
+            http::FIXED_CONNS
+        )));
+        let h1 = find("http1-max-rps").unwrap();
+        assert_eq!(h1.load, Load::HttpMaxRps(http::HTTP1));
+        assert!(h1.what.contains(&format!("{} keep-alive", http::H1_CONNS)));
+        let h2 = find("http2-max-rps").unwrap();
+        assert_eq!(h2.load, Load::HttpMaxRps(http::HTTP2));
+        assert!(h2.what.contains(&format!(
+            "{} connections × {} concurrent streams",
+            http::H2_CONNS,
+            http::H2_STREAMS
+        )));
+        // `run` appends the proxy's CPU per unit of work last.
+        for s in [fixed, h1, h2] {
+            let last = s.metrics.last().unwrap();
+            assert_eq!(last.name, format!("{}-proxy-cpu", s.name));
+            assert_eq!(last.unit, CPU_PER_1000_REQ);
+        }
     }
 
     #[test]
@@ -521,7 +577,6 @@ mod tests {
             assert!(mtls.path.mtls() && !mesh.path.mtls());
             assert_eq!(mtls.path.captured(), mesh.path.captured());
             assert_eq!(mtls.load, mesh.load);
-            assert_eq!(mtls.skip(), None);
             assert!(!mtls.proxy_only);
             // The mesh metrics, renamed, in the same order (the values are zipped with them).
             for (a, b) in mtls.metrics.iter().zip(mesh.metrics) {

@@ -61,6 +61,18 @@ impl Medians<'_> {
         Some(self.of(name, c)? - self.of(name, Contender::Direct)?)
     }
 
+    /// "sluice-ebpf 3.2 s, envoy 4.1 s": both medians of `name`, if either was measured.
+    fn both(&self, name: &str, unit: &str) -> Option<String> {
+        use Contender::{Envoy, SluiceEbpf as Sluice};
+        match (self.of(name, Sluice), self.of(name, Envoy)) {
+            (None, None) => None,
+            (s, e) => {
+                let v = |x: Option<f64>| x.map(fmt).unwrap_or("–".into());
+                Some(format!("sluice-ebpf {}{unit}, envoy {}{unit}", v(s), v(e)))
+            }
+        }
+    }
+
     /// Sluice's added latency as a share of Envoy's, and what it is made of. The share is
     /// only a number when Envoy adds something: else the run's latencies are noise.
     fn added_share(&self, name: &str, pct: &str) -> (Option<f64>, String) {
@@ -162,6 +174,7 @@ pub fn targets(entries: &[Entry]) -> Vec<Target> {
         });
     }
     targets.extend(mtls_targets(&med));
+    targets.extend(http_targets(&med));
     targets.extend([
         Target {
             what: "idle RSS of sluice-ebpf".into(),
@@ -183,17 +196,65 @@ pub fn targets(entries: &[Entry]) -> Vec<Target> {
     targets
 }
 
+/// The HTTP path's targets: the most requests per second against Envoy's, at a smaller
+/// share of its proxy CPU per 1000 requests (HTTP/1.1 and HTTP/2), and the added p99 at a
+/// fixed rate (the added p50 beside it).
+fn http_targets(med: &Medians) -> Vec<Target> {
+    use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
+    let mut targets = Vec::new();
+    for (name, version) in [("http1-max-rps", "HTTP/1.1"), ("http2-max-rps", "HTTP/2")] {
+        let cpu = format!("{name}-proxy-cpu");
+        let rps_detail: Vec<String> = [
+            med.both(name, " req/s"),
+            med.of(name, Direct)
+                .map(|d| format!("direct {} req/s", fmt(d))),
+            med.both(&cpu, " ms")
+                .map(|b| format!("proxy CPU per 1000 requests: {b}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        targets.push(Target {
+            what: format!("{version} max requests per second: sluice-ebpf / envoy"),
+            value: med.ratio(name, Sluice, Envoy),
+            limit: 1.3,
+            at_least: true,
+            unit: "×",
+            detail: rps_detail.join("; "),
+        });
+        targets.push(Target {
+            what: format!("{version} proxy CPU per 1000 requests at max rps: sluice-ebpf / envoy"),
+            value: med.ratio(&cpu, Sluice, Envoy),
+            limit: 0.75,
+            at_least: false,
+            unit: "×",
+            detail: String::new(),
+        });
+    }
+    let (p99, mut detail) = med.added_share("http1-fixed-rate-p99", "p99");
+    let (p50_share, p50) = med.added_share("http1-fixed-rate-p50", "p50");
+    if !p50.is_empty() {
+        let share = p50_share.map(|r| format!(" = {r:.2}×")).unwrap_or_default();
+        let _ = write!(detail, "; for reference, {p50}{share}");
+    }
+    targets.push(Target {
+        what: "HTTP/1.1 added p99 latency at a fixed rate (p99 − direct p99): sluice-ebpf / \
+               envoy"
+            .into(),
+        value: p99,
+        limit: 0.5,
+        at_least: false,
+        unit: "×",
+        detail,
+    });
+    targets
+}
+
 /// The mTLS path's targets: new connections per second per proxy core, the added p50 (the
 /// added p99 beside it) and throughput against Envoy's sidecar pair.
 fn mtls_targets(med: &Medians) -> Vec<Target> {
     use Contender::{Direct, Envoy, SluiceEbpf as Sluice};
-    let both = |name: &str, unit: &str| match (med.of(name, Sluice), med.of(name, Envoy)) {
-        (None, None) => None,
-        (s, e) => {
-            let v = |x: Option<f64>| x.map(fmt).unwrap_or("–".into());
-            Some(format!("sluice-ebpf {}{unit}, envoy {}{unit}", v(s), v(e)))
-        }
-    };
+    let both = |name: &str, unit: &str| med.both(name, unit);
     let per_core_detail: Vec<String> = [
         both("mtls-connect-rate-per-core", "").map(|b| format!("per proxy CPU s: {b}")),
         both("mtls-connect-rate", " conn/s").map(|b| format!("on the one proxy CPU: {b}")),
@@ -353,6 +414,59 @@ mod tests {
         let md = to_markdown(&report);
         assert!(md.contains("| ≥ 1200 conn/s | 2500 conn/s | met |"), "{md}");
         assert!(!md.contains("`mtls-handshakes`"));
+    }
+
+    #[test]
+    fn http_targets_rps_cpu_and_added_p99() {
+        use Contender::{Direct, Envoy, SluiceEbpf};
+        let mut samples = Samples::new();
+        let mut put = |metric: &'static str, values: &[(Contender, f64)]| {
+            let by = samples.entry(metric).or_default();
+            for (c, v) in values {
+                by.insert(*c, vec![*v]);
+            }
+        };
+        put(
+            "http1-max-rps",
+            &[(Direct, 40000.0), (SluiceEbpf, 14000.0), (Envoy, 10000.0)],
+        );
+        put(
+            "http1-max-rps-proxy-cpu",
+            &[(SluiceEbpf, 30.0), (Envoy, 50.0)],
+        );
+        put("http2-max-rps", &[(SluiceEbpf, 20000.0), (Envoy, 16000.0)]);
+        put(
+            "http1-fixed-rate-p50",
+            &[(Direct, 100.0), (SluiceEbpf, 150.0), (Envoy, 200.0)],
+        );
+        put(
+            "http1-fixed-rate-p99",
+            &[(Direct, 200.0), (SluiceEbpf, 240.0), (Envoy, 400.0)],
+        );
+        let report = summarize(&samples);
+        let find = |what: &str| report.targets.iter().find(|t| t.what.starts_with(what));
+        let h1 = find("HTTP/1.1 max requests per second").unwrap();
+        assert_eq!(h1.value, Some(1.4));
+        assert_eq!(h1.met(), Some(true));
+        assert_eq!(
+            h1.detail,
+            "sluice-ebpf 14000 req/s, envoy 10000 req/s; direct 40000 req/s; proxy CPU per \
+             1000 requests: sluice-ebpf 30.0 ms, envoy 50.0 ms"
+        );
+        let cpu = find("HTTP/1.1 proxy CPU per 1000 requests").unwrap();
+        assert_eq!(cpu.value, Some(0.6));
+        assert_eq!(cpu.met(), Some(true));
+        let h2 = find("HTTP/2 max requests per second").unwrap();
+        assert_eq!(h2.value, Some(1.25));
+        assert_eq!(h2.verdict(), "missed by 4%");
+        assert_eq!(find("HTTP/2 proxy CPU").unwrap().verdict(), "not measured");
+        let p99 = find("HTTP/1.1 added p99 latency at a fixed rate").unwrap();
+        assert_eq!(p99.value, Some(0.2));
+        assert_eq!(
+            p99.detail,
+            "p99: sluice-ebpf +40.0 µs, envoy +200.0 µs; for reference, p50: sluice-ebpf \
+             +50.0 µs, envoy +100.0 µs = 0.50×"
+        );
     }
 
     #[test]

@@ -99,6 +99,11 @@ impl Topology {
             ip(&node, &["link", "set", veth, "master", "br0", "up"])?;
             ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             ip(&ns, &["link", "set", "eth0", "up"])?;
+            // A pod's default route, as in Kubernetes: the HTTP scenarios' service VIP is on
+            // no interface, and without a route a connect to it fails before netfilter can
+            // redirect it to a proxy (Envoy's and Sluice's netfilter modes). The node netns
+            // forwards nothing, so what no proxy takes goes no further.
+            ip(&ns, &["route", "add", "default", "via", NODE_IP])?;
         }
         // Every connection of every scenario is dialled from the client pod, by the client
         // and by a proxy dialling upstream from inside it: the memory scenario's 10,000 held
