@@ -34,7 +34,12 @@ pub struct Payload {
 pub const PROBE_ARG: &str = "sluice.probe";
 
 /// Writes the initramfs for one kernel to `path`.
-pub fn write(path: &Path, payload: &Payload, modules: &ModuleSet, skip: &[&str]) -> Result<()> {
+pub fn write(
+    path: &Path,
+    payload: &Payload,
+    modules: &ModuleSet,
+    skip: &dyn Fn(&str) -> Vec<&'static str>,
+) -> Result<()> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut cpio = cpio::Writer::new(BufWriter::new(file));
     let io =
@@ -95,20 +100,23 @@ fn quote(word: &str) -> String {
 /// It never exits (that would panic the kernel): it powers off, and the host reads markers.
 /// `load` are the modules to load at boot; the kernel asks `/sbin/modprobe` (busybox) for
 /// the rest on demand.
-fn init_script(payload: &Payload, load: &[String], skip: &[&str]) -> String {
-    let skips = skip.iter().flat_map(|filter| ["--skip", filter]);
-    let args: Vec<String> = (payload.test_args.iter().map(String::as_str))
-        .chain(skips)
-        .map(quote)
-        .collect();
-    let args = args.join(" ");
+fn init_script(
+    payload: &Payload,
+    load: &[String],
+    skip: &dyn Fn(&str) -> Vec<&'static str>,
+) -> String {
     let mut exports = String::new();
     for pair in &payload.env {
         exports.push_str(&format!("export {}\n", quote(pair)));
     }
     let mut suites = String::new();
     for (name, _) in &payload.suites {
-        suites.push_str(&format!("run_suite {} {args}\n", quote(name)));
+        let skips = skip(name);
+        let args: Vec<String> = (payload.test_args.iter().map(String::as_str))
+            .chain(skips.iter().flat_map(|filter| ["--skip", *filter]))
+            .map(quote)
+            .collect();
+        suites.push_str(&format!("run_suite {} {}\n", quote(name), args.join(" ")));
     }
     format!(
         r#"#!/bin/busybox sh
@@ -190,7 +198,9 @@ mod tests {
             test_args: vec!["it's".into()],
             env: vec!["RUST_LOG=debug".into()],
         };
-        let script = init_script(&payload, &["veth".into(), "nf_tables".into()], &["x::"]);
+        let script = init_script(&payload, &["veth".into(), "nf_tables".into()], &|_| {
+            vec!["x::"]
+        });
         assert!(script.contains("run_suite 'outbound' 'it'\\''s' '--skip' 'x::'\n"));
         assert!(script.contains("--test-threads=1"));
         assert!(script.contains("export 'RUST_LOG=debug'\n"));

@@ -28,6 +28,21 @@ pub struct KernelLine {
 /// The redirect modes whose scenario variants run on 5.10 alone.
 const NETFILTER_VARIANTS: &[&str] = &["nftables::", "iptables::"];
 
+/// Suites that test the proxy above capture (L7): what they check does not depend on the
+/// kernel's netfilter, so in the VMs only their eBPF variants run (the host runs them all).
+const ABOVE_CAPTURE: &[&str] = &["l7"];
+
+impl KernelLine {
+    /// The `--skip` filters for `suite` on this kernel.
+    pub fn skip_for(&self, suite: &str) -> Vec<&'static str> {
+        let mut skip = self.skip.to_vec();
+        if ABOVE_CAPTURE.contains(&suite) {
+            skip.extend(NETFILTER_VARIANTS.iter().filter(|f| !self.skip.contains(f)));
+        }
+        skip
+    }
+}
+
 pub const LINES: &[KernelLine] = &[
     KernelLine {
         label: "5.10",
@@ -178,6 +193,14 @@ pub fn select(which: &str) -> Result<Vec<KernelLine>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn l7_runs_only_its_ebpf_variants_in_every_vm() {
+        for line in LINES {
+            assert_eq!(line.skip_for("l7"), ["nftables::", "iptables::"]);
+        }
+        assert_eq!(LINES[0].skip_for("outbound"), Vec::<&str>::new());
+    }
 
     #[test]
     fn selects_kernel_lines() {

@@ -87,7 +87,9 @@ pub fn run(opts: &VmTest) -> Result<ExitCode> {
         if !line.skip.is_empty() {
             eprintln!("xtask: vm: {}: leaving out {:?}", line.label, line.skip);
         }
-        initramfs::write(&initramfs, &payload, &modules, line.skip)?;
+        initramfs::write(&initramfs, &payload, &modules, &|suite| {
+            line.skip_for(suite)
+        })?;
         accel = qemu::choose(accel, &kernel.vmlinuz, &initramfs, &run_dir)?;
         let run = boot(&kernel, &initramfs, &run_dir, accel, timeout, opts.keep)?;
         if !opts.keep {
