@@ -35,6 +35,7 @@ tests::in_every_mode!(
     requests_to_enrolled_endpoints_ride_the_mesh_tunnel,
     http1_clients_reach_an_http2_port_and_back,
     the_server_side_counts_requests_from_outside_the_mesh,
+    the_pending_cap_answers_503_beyond_it,
 );
 
 const VIP: &str = "10.96.0.10";
@@ -792,5 +793,34 @@ fn the_server_side_counts_requests_from_outside_the_mesh(mode: Mode) {
         "server-side request metrics",
         || Ok((metric(&agent, "istio_requests_total", &server_side) == 6.0).then_some(())),
     )
+    .unwrap();
+}
+
+/// Scenario 5, the other half of circuit breaking: with at most 2 requests pending for the
+/// service, 6 slow requests at once get 2 answers and 4 immediate 503s (`UO`), counted.
+fn the_pending_cap_answers_503_beyond_it(mode: Mode) {
+    let bed = Bed::new(&[("web-1", &[])]);
+    let cap = json!({"trafficPolicy": {"circuitBreaker": {"maxPendingRequests": 2}}});
+    let agent = Agent::start(&bed.node, bed.config(mode, web(cap))).unwrap();
+
+    let report = bed.load(&LoadOpts::get("/delay/1500").times(6, 6).http2());
+    assert_eq!(
+        statuses(&report),
+        BTreeMap::from([(200, 2), (503, 4)]),
+        "{report:?}"
+    );
+    let refused = report.requests.iter().filter(|r| r.status == Some(503));
+    assert!(
+        refused.clone().all(|r| r.latency_us < 1_000_000),
+        "refused at once: {report:?}"
+    );
+    assert_eq!(
+        metric(&agent, "sluice_http_pending_overflow_total", &[]),
+        4.0
+    );
+    let flagged = [("response_code", "503"), ("response_flags", "UO")];
+    poll_until(Duration::from_secs(5), "503 UO counted", || {
+        Ok((metric(&agent, "istio_requests_total", &flagged) == 4.0).then_some(()))
+    })
     .unwrap();
 }
