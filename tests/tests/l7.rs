@@ -73,6 +73,19 @@ impl Bed {
         }
     }
 
+    /// One server pod `name` running what `serve` starts on 8080 (TLS, a banner, gRPC).
+    fn serving(name: &str, serve: impl Fn(&Pod) -> anyhow::Result<Server>) -> Bed {
+        let node = Node::new().unwrap();
+        let client = node.add_pod("client").unwrap();
+        let pod = node.add_pod(name).unwrap();
+        let server = serve(&pod).unwrap();
+        Bed {
+            node,
+            client,
+            servers: vec![(pod, server)],
+        }
+    }
+
     /// The node's config: the client enrolled, the servers known, service `web`.
     fn config(&self, mode: Mode, service: serde_json::Value) -> AgentConfig {
         let mut cfg = AgentConfig::new(&self.node)
@@ -161,22 +174,14 @@ fn http1_and_http2_are_detected_and_served(mode: Mode) {
 /// Scenario 1: a TLS client is passed through untouched (the server completes the
 /// handshake with the client's SNI) and counted as `tls`.
 fn tls_passes_through_with_its_server_name(mode: Mode) {
-    let node = Node::new().unwrap();
-    let client = node.add_pod("client").unwrap();
-    let server_pod = node.add_pod("tls-1").unwrap();
-    let server = serve_tls(&server_pod, TARGET, "tls-1", &[]).unwrap();
-    let cfg = AgentConfig::new(&node)
-        .mode(mode)
-        .with(Workload::enrolled(&client))
-        .with(Workload::known(&server_pod).labels(&[("app", "web")]))
-        .service(web(json!({})));
-    let agent = Agent::start(&node, cfg).unwrap();
+    let bed = Bed::serving("tls-1", |pod| serve_tls(pod, TARGET, "tls-1", &[]));
+    let agent = Agent::start(&bed.node, bed.config(mode, web(json!({})))).unwrap();
 
-    let report = http_app::tls_dial(&client, vip(), "api.sluice.test", 100_000).unwrap();
+    let report = http_app::tls_dial(&bed.client, vip(), "api.sluice.test", 100_000).unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.bytes_echoed, 100_000);
     assert_eq!(
-        http_app::snis(&server),
+        http_app::snis(bed.server("tls-1")),
         [Some("api.sluice.test".to_string())]
     );
     assert_eq!(
@@ -192,19 +197,12 @@ fn tls_passes_through_with_its_server_name(mode: Mode) {
 /// Scenario 1: a server that speaks first gets its banner to the client with no wait for
 /// the detection window (1 s by default): well under half of it.
 fn a_server_first_protocol_gets_its_banner_at_once(mode: Mode) {
-    let node = Node::new().unwrap();
-    let client = node.add_pod("client").unwrap();
-    let server_pod = node.add_pod("smtp-1").unwrap();
-    let _server = serve_banner(&server_pod, TARGET, "220 smtp.sluice.test ready", &[]).unwrap();
-    let cfg = AgentConfig::new(&node)
-        .mode(mode)
-        .with(Workload::enrolled(&client))
-        .with(Workload::known(&server_pod).labels(&[("app", "web")]))
-        .service(web(json!({})));
-    let agent = Agent::start(&node, cfg).unwrap();
+    let banner = "220 smtp.sluice.test ready";
+    let bed = Bed::serving("smtp-1", |pod| serve_banner(pod, TARGET, banner, &[]));
+    let agent = Agent::start(&bed.node, bed.config(mode, web(json!({})))).unwrap();
 
     for _ in 0..3 {
-        let report = http_app::banner_dial(&client, vip(), 5000).unwrap();
+        let report = http_app::banner_dial(&bed.client, vip(), 5000).unwrap();
         assert_eq!(
             report.banner.as_deref(),
             Some("220 smtp.sluice.test ready"),
@@ -434,24 +432,17 @@ fn a_90_10_split_lands_within_tolerance(mode: Mode) {
 /// Scenario 8: gRPC unary and server-streaming calls through a `grpc` port; the statuses
 /// in the trailers are counted per call.
 fn grpc_unary_and_streaming_calls_are_counted_by_status(mode: Mode) {
-    let node = Node::new().unwrap();
-    let client = node.add_pod("client").unwrap();
-    let server_pod = node.add_pod("grpc-1").unwrap();
-    let _server = serve_grpc(&server_pod, TARGET, "grpc-1", &[]).unwrap();
+    let bed = Bed::serving("grpc-1", |pod| serve_grpc(pod, TARGET, "grpc-1", &[]));
     let service =
         web(json!({"ports": [{"port": PORT, "targetPort": TARGET, "appProtocol": "grpc"}]}));
-    let cfg = AgentConfig::new(&node)
-        .mode(mode)
-        .with(Workload::enrolled(&client))
-        .with(Workload::known(&server_pod).labels(&[("app", "web")]))
-        .service(service);
-    let agent = Agent::start(&node, cfg).unwrap();
+    let agent = Agent::start(&bed.node, bed.config(mode, service)).unwrap();
+    let client = &bed.client;
 
-    let ok = http_app::grpc_call(&client, vip(), GrpcCall::Unary { n: 5, fail_code: 0 }).unwrap();
+    let ok = http_app::grpc_call(client, vip(), GrpcCall::Unary { n: 5, fail_code: 0 }).unwrap();
     assert!(ok.ok, "{ok:?}");
     assert_eq!(ok.messages_received, 5);
     let failed = http_app::grpc_call(
-        &client,
+        client,
         vip(),
         GrpcCall::Unary {
             n: 3,
@@ -464,7 +455,7 @@ fn grpc_unary_and_streaming_calls_are_counted_by_status(mode: Mode) {
         BTreeMap::from([(14, 3)]),
         "{failed:?}"
     );
-    let stream = http_app::grpc_call(&client, vip(), GrpcCall::Stream { n: 50 }).unwrap();
+    let stream = http_app::grpc_call(client, vip(), GrpcCall::Stream { n: 50 }).unwrap();
     assert!(stream.ok && stream.messages_received == 50, "{stream:?}");
 
     let grpc = |status: &str| {
