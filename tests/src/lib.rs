@@ -17,6 +17,7 @@ pub mod http;
 pub mod http_app;
 pub mod identity;
 pub mod inbound;
+pub mod l7;
 pub mod link_capture;
 pub mod mesh;
 pub mod metrics;

@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tests::http_app::{
-    self, GrpcCall, LoadOpts, LoadReport, RawOpts, count_requests, serve_banner, serve_grpc,
-    serve_http, serve_tls,
+    self, GrpcCall, LoadOpts, RawOpts, count_requests, serve_banner, serve_grpc, serve_http,
+    serve_tls,
 };
 use tests::identity::spiffe_id;
+use tests::l7::{Bed, PORT, TARGET, VIP, metric, route, statuses, vip, web};
 use tests::otlp::OtlpReceiver;
-use tests::{Agent, AgentConfig, Mode, Node, Pod, Server, TestCa, Workload, poll_until};
+use tests::{Agent, AgentConfig, Mode, TestCa, Workload, poll_until};
 
 tests::in_every_mode!(
     http1_and_http2_are_detected_and_served,
@@ -37,105 +38,6 @@ tests::in_every_mode!(
     the_server_side_counts_requests_from_outside_the_mesh,
     the_pending_cap_answers_503_beyond_it,
 );
-
-const VIP: &str = "10.96.0.10";
-const PORT: u16 = 80;
-const TARGET: u16 = 8080;
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(VIP.parse().unwrap(), PORT)
-}
-
-/// An enrolled `client` pod and `servers` pods (labels `app: web`, not enrolled) each
-/// serving `sluice-httpapp serve` on 8080 with `serve_args`.
-struct Bed {
-    node: Node,
-    client: Pod,
-    servers: Vec<(Pod, Server)>,
-}
-
-impl Bed {
-    fn new(servers: &[(&str, &[&str])]) -> Bed {
-        let node = Node::new().unwrap();
-        let client = node.add_pod("client").unwrap();
-        let servers = servers
-            .iter()
-            .map(|(name, args)| {
-                let pod = node.add_pod(name).unwrap();
-                let server = serve_http(&pod, TARGET, name, args).unwrap();
-                (pod, server)
-            })
-            .collect();
-        Bed {
-            node,
-            client,
-            servers,
-        }
-    }
-
-    /// One server pod `name` running what `serve` starts on 8080 (TLS, a banner, gRPC).
-    fn serving(name: &str, serve: impl Fn(&Pod) -> anyhow::Result<Server>) -> Bed {
-        let node = Node::new().unwrap();
-        let client = node.add_pod("client").unwrap();
-        let pod = node.add_pod(name).unwrap();
-        let server = serve(&pod).unwrap();
-        Bed {
-            node,
-            client,
-            servers: vec![(pod, server)],
-        }
-    }
-
-    /// The node's config: the client enrolled, the servers known, service `web`.
-    fn config(&self, mode: Mode, service: serde_json::Value) -> AgentConfig {
-        let mut cfg = AgentConfig::new(&self.node)
-            .mode(mode)
-            .with(Workload::enrolled(&self.client))
-            .service(service);
-        for (pod, _) in &self.servers {
-            cfg = cfg.with(Workload::known(pod).labels(&[("app", "web")]));
-        }
-        cfg
-    }
-
-    fn server(&self, name: &str) -> &Server {
-        let found = self.servers.iter().find(|(p, _)| p.name() == name);
-        &found.unwrap_or_else(|| panic!("no server {name}")).1
-    }
-
-    fn load(&self, opts: &LoadOpts) -> LoadReport {
-        http_app::http_load(&self.client, vip(), opts).unwrap()
-    }
-}
-
-/// Service `web` at [`VIP`]:80 → the `app: web` pods' 8080; `extra` merges into it.
-fn web(extra: serde_json::Value) -> serde_json::Value {
-    let mut service = json!({
-        "name": "web",
-        "vips": [VIP],
-        "ports": [{"port": PORT, "targetPort": TARGET}],
-        "selector": {"app": "web"},
-    });
-    if let (Some(s), Some(extra)) = (service.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    service
-}
-
-/// A route on `web` with one rule; `rule` is the rule's JSON.
-fn route(rule: serde_json::Value) -> serde_json::Value {
-    json!({"name": "web-route", "parentRefs": [{"name": "web", "port": PORT}], "rules": [rule]})
-}
-
-fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> f64 {
-    agent.metrics().unwrap().sum(name, labels)
-}
-
-fn statuses(report: &LoadReport) -> BTreeMap<u16, u64> {
-    report.by_status.clone()
-}
 
 /// Scenario 1: HTTP/1.1 and HTTP/2 prior knowledge to a port without `appProtocol` are
 /// detected, served by the proxy (the server sees a request id and a trace context it did
