@@ -623,7 +623,11 @@ fn http1_clients_reach_an_http2_port_and_back(mode: Mode) {
         BTreeMap::from([(200, 3)]),
         "{h1_to_h2:?}"
     );
-    assert_eq!(h1_to_h2.requests[0].echo().unwrap().version, "HTTP/2.0");
+    let echo = h1_to_h2.requests[0].echo().unwrap();
+    assert_eq!(echo.version, "HTTP/2.0");
+    // The client's authority, once (RFC 9113 §8.3.1: no Host beside :authority).
+    assert_eq!(echo.authority.as_deref(), Some("10.96.0.10:80"), "{echo:?}");
+    assert!(!echo.headers.contains_key("host"), "{echo:?}");
     let port_81 = SocketAddr::new(VIP.parse().unwrap(), 81);
     let h2_to_h1 = http_app::http_load(
         &bed.client,

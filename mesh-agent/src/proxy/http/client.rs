@@ -1,7 +1,9 @@
 //! Upstream HTTP connections, pooled per client pod (they leave from its netns, with its
-//! address and identity) and per upstream protocol: keep-alive for HTTP/1.1, one
-//! multiplexed connection per endpoint for HTTP/2. A connection to an enrolled endpoint is a
-//! stream in the mesh tunnel, so requests between pods stay mutual TLS.
+//! address and identity) and per upstream protocol: keep-alive for HTTP/1.1 (hyper-util's
+//! pool), one multiplexed connection per endpoint for HTTP/2 ([`Http2Pool`]: hyper-util's
+//! pool would send the endpoint's address as `:authority`, where the client's belongs). A
+//! connection to an enrolled endpoint is a stream in the mesh tunnel, so requests between
+//! pods stay mutual TLS.
 use std::{
     collections::HashMap,
     future::Future,
@@ -16,7 +18,9 @@ use std::{
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::{
-    Uri,
+    Request, Response, Uri,
+    body::Incoming,
+    client::conn::http2,
     rt::{Read, ReadBufCursor, Write},
     upgrade::Upgraded,
 };
@@ -39,7 +43,7 @@ pub type HttpClient = Client<Connector, UpstreamBody>;
 /// Idle upstream connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-/// Each pod's two clients (HTTP/1.1 and HTTP/2 upstream).
+/// Each pod's two ways upstream.
 #[derive(Default)]
 pub struct Clients {
     by_pod: Mutex<HashMap<WorkloadKey, PodClients>>,
@@ -48,11 +52,11 @@ pub struct Clients {
 struct PodClients {
     pod: Weak<Pod>,
     http1: HttpClient,
-    http2: HttpClient,
+    http2: Arc<Http2Pool>,
 }
 
 impl Clients {
-    pub fn get(&self, pod: &Arc<Pod>, ctx: &Arc<ProxyContext>, http2: bool) -> HttpClient {
+    pub fn get(&self, pod: &Arc<Pod>, ctx: &Arc<ProxyContext>, http2: bool) -> Upstream {
         let mut by_pod = self.by_pod.lock().unwrap_or_else(|p| p.into_inner());
         let key = pod.workload.key();
         let current =
@@ -64,21 +68,22 @@ impl Clients {
                     pod: Arc::downgrade(pod),
                     ctx: Arc::downgrade(ctx),
                 };
-                by_pod.insert(
-                    key.clone(),
-                    PodClients {
-                        pod: Arc::downgrade(pod),
-                        http1: build(connector.clone(), false),
-                        http2: build(connector, true),
-                    },
-                );
+                let clients = PodClients {
+                    pod: Arc::downgrade(pod),
+                    http1: build(connector.clone()),
+                    http2: Arc::new(Http2Pool {
+                        connector,
+                        connections: Mutex::default(),
+                    }),
+                };
+                by_pod.insert(key.clone(), clients);
                 &by_pod[&key]
             }
         };
         if http2 {
-            clients.http2.clone()
+            Upstream::Http2(clients.http2.clone())
         } else {
-            clients.http1.clone()
+            Upstream::Http1(clients.http1.clone())
         }
     }
 
@@ -89,13 +94,113 @@ impl Clients {
     }
 }
 
-fn build(connector: Connector, http2: bool) -> HttpClient {
+/// A pod's pool for one upstream protocol.
+pub enum Upstream {
+    Http1(HttpClient),
+    Http2(Arc<Http2Pool>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to the endpoint: {0}")]
+    Connect(String),
+    #[error("the request failed: {0}")]
+    Request(String),
+}
+
+impl UpstreamError {
+    /// Nothing was sent: the request can go to another endpoint.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+impl Upstream {
+    /// Sends `req` to `endpoint`. HTTP/1.1 takes the client's authority from `Host`;
+    /// HTTP/2 from the URI (made absolute by the caller), which becomes `:authority`.
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match self {
+            Upstream::Http1(client) => {
+                let path = (req.uri().path_and_query()).map_or("/", |p| p.as_str());
+                let uri = format!("http://{endpoint}{path}")
+                    .parse()
+                    .unwrap_or_default();
+                *req.uri_mut() = uri;
+                client.request(req).await.map_err(|e| {
+                    let message = e.to_string();
+                    if e.is_connect() {
+                        UpstreamError::Connect(message)
+                    } else {
+                        UpstreamError::Request(message)
+                    }
+                })
+            }
+            Upstream::Http2(pool) => pool.send(endpoint, req).await,
+        }
+    }
+}
+
+/// One HTTP/2 connection per endpoint, shared by every request of the pod to it.
+pub struct Http2Pool {
+    connector: Connector,
+    connections: Mutex<HashMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
+}
+
+impl Http2Pool {
+    async fn send(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let pooled = {
+            let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            connections
+                .get(&endpoint)
+                .filter(|s| !s.is_closed())
+                .cloned()
+        };
+        let mut sender = match pooled {
+            Some(sender) => sender,
+            None => self.connect(endpoint).await?,
+        };
+        let request = |e: hyper::Error| UpstreamError::Request(e.to_string());
+        sender.ready().await.map_err(request)?;
+        sender.send_request(req).await.map_err(request)
+    }
+
+    async fn connect(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+        let connect = |e: String| UpstreamError::Connect(e);
+        let gone = || connect("the pod or the proxy is gone".into());
+        let pod = self.connector.pod.upgrade().ok_or_else(gone)?;
+        let ctx = self.connector.ctx.upgrade().ok_or_else(gone)?;
+        let io = dial(&pod, &ctx, endpoint)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        tokio::spawn(connection);
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.insert(endpoint, sender.clone());
+        Ok(sender)
+    }
+}
+
+fn build(connector: Connector) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)
-        .http2_only(http2)
-        // The client's own Host (or :authority) goes upstream, not the endpoint's address.
+        // The client's own Host goes upstream, not the endpoint's address.
         .set_host(false)
         .build(connector)
 }

@@ -228,7 +228,7 @@ type Answered = (Response<Incoming>, Arc<EndpointState>, Instant);
 
 impl Attempts<'_> {
     async fn run(mut self, rng: &mut fastrand::Rng) -> Result<Answered, Failure> {
-        let client = (self.ctx.http.clients).get(&self.down.pod, self.ctx, self.http2);
+        let upstream = (self.ctx.http.clients).get(&self.down.pod, self.ctx, self.http2);
         let attempt_timeout = self.rule.and_then(|r| r.attempt_timeout);
         self.set.budget.deposit(Instant::now());
         let mut attempt = 1;
@@ -236,10 +236,10 @@ impl Attempts<'_> {
             let endpoint =
                 (self.set.pick(rng, Instant::now())).ok_or(Failure::NoHealthyEndpoint)?;
             let body = self.body.take().ok_or(Failure::Reset)?;
-            let req = self.upstream_request(endpoint.addr, body);
+            let req = self.upstream_request(body);
             let sent = Instant::now();
             let in_flight = endpoint.load.start(sent);
-            let call = client.request(req);
+            let call = upstream.send(endpoint.addr, req);
             let result = match attempt_timeout {
                 Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| ()),
                 None => Ok(call.await),
@@ -324,22 +324,29 @@ impl Attempts<'_> {
         .await;
     }
 
-    fn upstream_request(&self, endpoint: SocketAddr, body: UpstreamBody) -> Request<UpstreamBody> {
+    /// The request as it goes upstream: HTTP/1.1 with the client's `Host`, HTTP/2 with the
+    /// client's authority as `:authority` and no `Host` (RFC 9113 §8.3.1).
+    fn upstream_request(&self, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
         *req.headers_mut() = self.parts.headers.clone();
-        *req.version_mut() = if self.http2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
         let path = (self.parts.uri.path_and_query()).map_or("/", |p| p.as_str());
-        *req.uri_mut() = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.to_string())
-            .path_and_query(path)
-            .build()
-            .unwrap_or_default();
+        if self.http2 {
+            *req.version_mut() = Version::HTTP_2;
+            let host = req.headers_mut().remove(header::HOST);
+            let authority = (host.as_ref().and_then(|h| h.to_str().ok()))
+                .map(str::to_owned)
+                .or_else(|| self.parts.uri.authority().map(|a| a.to_string()))
+                .unwrap_or_else(|| self.down.dst.to_string());
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path);
+            *req.uri_mut() = uri.build().unwrap_or_default();
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            *req.uri_mut() = path.parse().unwrap_or_default();
+        }
         req
     }
 }

@@ -157,7 +157,8 @@ impl AppSender {
         }
     }
 
-    /// HTTP/1 needs a `Host` and an origin-form target; HTTP/2 an absolute URI.
+    /// HTTP/1 needs a `Host` and an origin-form target; HTTP/2 an absolute URI (whose
+    /// authority becomes `:authority`) and no `Host`.
     fn prepare(&self, req: &mut Request<UpstreamBody>) {
         let authority = (req
             .headers()
@@ -178,6 +179,8 @@ impl AppSender {
                 *req.uri_mut() = path.parse().unwrap_or_default();
             }
             AppSender::Http2(_) => {
+                // `:authority` only: a `Host` beside it is an error to HTTP/2 servers.
+                req.headers_mut().remove(header::HOST);
                 *req.version_mut() = Version::HTTP_2;
                 let uri = Uri::builder()
                     .scheme("http")
