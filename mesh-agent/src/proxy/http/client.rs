@@ -51,7 +51,7 @@ pub struct Clients {
 
 struct PodClients {
     pod: Weak<Pod>,
-    http1: HttpClient,
+    http1: Arc<HttpClient>,
     http2: Arc<Http2Pool>,
 }
 
@@ -70,7 +70,7 @@ impl Clients {
                 };
                 let clients = PodClients {
                     pod: Arc::downgrade(pod),
-                    http1: build(connector.clone()),
+                    http1: Arc::new(build(connector.clone())),
                     http2: Arc::new(Http2Pool {
                         connector,
                         connections: Mutex::default(),
@@ -96,7 +96,7 @@ impl Clients {
 
 /// A pod's pool for one upstream protocol.
 pub enum Upstream {
-    Http1(HttpClient),
+    Http1(Arc<HttpClient>),
     Http2(Arc<Http2Pool>),
 }
 
