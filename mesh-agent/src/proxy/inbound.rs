@@ -67,6 +67,10 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc
                 workload: workloads.by_ip(peer.ip()).cloned(),
                 principal: None,
             };
+            // Responses go out as several writes (frames, or headers then body): no Nagle.
+            if let Err(error) = client.set_nodelay(true) {
+                debug!(%error, "cannot set TCP_NODELAY on the client's connection");
+            }
             let client = TokioIo::new(client);
             let revoked = live.revoked();
             http::inbound::serve(

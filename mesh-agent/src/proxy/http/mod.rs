@@ -76,6 +76,11 @@ pub async fn serve(app: TcpStream, down: Downstream, ctx: Arc<ProxyContext>) {
     let down = Arc::new(down);
     let handler_ctx = ctx.clone();
     let service = service_fn(move |req| forward::handle(req, down.clone(), handler_ctx.clone()));
+    // HTTP/2 writes a response as several frames: Nagle would hold the later ones back
+    // until the client acknowledges the first.
+    if let Err(error) = app.set_nodelay(true) {
+        debug!(%error, "cannot set TCP_NODELAY on the app's connection");
+    }
     let io = TokioIo::new(app);
     let served = if version == Version::HTTP_2 {
         conn::http2::Builder::new(TokioExecutor::new())
