@@ -21,7 +21,7 @@ const SIZE_BYTES: [f64; 8] = [
 const DETECTION_SECONDS: [f64; 8] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0];
 
 /// Labels of Istio's request metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub reporter: &'static str,
     pub source_workload: String,

@@ -121,7 +121,7 @@ pub async fn handle(
         set: &set,
         rule,
         retry,
-        parts: &parts,
+        parts,
         body,
         http2: upstream_h2,
     };
@@ -219,7 +219,7 @@ struct Attempts<'a> {
     set: &'a BackendSet,
     rule: Option<&'a RouteRule>,
     retry: Option<&'a HttpRouteRetry>,
-    parts: &'a Parts,
+    parts: Parts,
     body: RequestBody,
     http2: bool,
 }
@@ -326,10 +326,15 @@ impl Attempts<'_> {
 
     /// The request as it goes upstream: HTTP/1.1 with the client's `Host`, HTTP/2 with the
     /// client's authority as `:authority` and no `Host` (RFC 9113 §8.3.1).
-    fn upstream_request(&self, body: UpstreamBody) -> Request<UpstreamBody> {
+    fn upstream_request(&mut self, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
-        *req.headers_mut() = self.parts.headers.clone();
+        // A body that cannot be sent again means this is the only attempt: no copy needed.
+        *req.headers_mut() = if self.body.replayable() {
+            self.parts.headers.clone()
+        } else {
+            std::mem::take(&mut self.parts.headers)
+        };
         let path = (self.parts.uri.path_and_query()).map_or("/", |p| p.as_str());
         if self.http2 {
             *req.version_mut() = Version::HTTP_2;

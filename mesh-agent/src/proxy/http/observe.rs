@@ -161,7 +161,8 @@ impl Observed {
             duration_ms: exchange.started.elapsed().as_secs_f64() * 1000.0,
             request_bytes: exchange.request_bytes.load(Ordering::Relaxed),
             response_bytes: self.response_bytes,
-            labels: exchange.labels.clone(),
+            // Moved, not cloned: the log and the span read the record's.
+            labels: std::mem::take(&mut exchange.labels),
         };
         self.sink.metrics.http.request(&record);
         let format = *self
