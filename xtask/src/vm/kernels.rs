@@ -29,8 +29,13 @@ pub struct KernelLine {
 const NETFILTER_VARIANTS: &[&str] = &["nftables::", "iptables::"];
 
 /// Suites that test the proxy above capture (L7): what they check does not depend on the
-/// kernel's netfilter, so in the VMs only their eBPF variants run (the host runs them all).
+/// kernel's netfilter, so when one is run in a VM (`--test l7`) only its eBPF variants run.
 const ABOVE_CAPTURE: &[&str] = &["l7"];
+
+/// Suites left out of a whole-matrix run. `l7`: a 5.10 guest hung in its gRPC scenario
+/// (tests/README, "In the kernel VMs"); the capture it sits on is covered by `outbound`
+/// and `inbound` on every kernel.
+pub const HOST_ONLY: &[&str] = &["l7"];
 
 impl KernelLine {
     /// The `--skip` filters for `suite` on this kernel.

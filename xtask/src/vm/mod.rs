@@ -70,7 +70,17 @@ pub fn run(opts: &VmTest) -> Result<ExitCode> {
     let vm_dir = root.join("target/vm");
     host::ensure_tools()?;
     toolchain::ensure()?;
-    let binaries = build::build(&root, &opts.tests)?;
+    let mut binaries = build::build(&root, &opts.tests)?;
+    // Host-only suites run in a VM only when asked for by name (`--test`).
+    binaries.suites.retain(|(name, _)| {
+        let host_only = kernels::HOST_ONLY.contains(&name.as_str()) && !opts.tests.contains(name);
+        if host_only {
+            eprintln!(
+                "xtask: vm: leaving out the {name} suite: it runs on the host only (tests/README)"
+            );
+        }
+        !host_only
+    });
     let payload = payload(&vm_dir, binaries, opts)?;
     let mirror = apt::host_mirror();
     let timeout = Duration::from_secs(opts.timeout_mins * 60);
