@@ -1,0 +1,1 @@
+//! The contract between `sluice-cni` and the node agent.
