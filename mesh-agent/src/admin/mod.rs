@@ -33,6 +33,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The captured pods as JSON (owned by the layer that enrolls them).
     pub pods: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Where the configuration comes from and how fresh it is.
+    pub source: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
     /// Workload certificates; `None` with mTLS off.
     pub identities: Option<Arc<Identities>>,
 }
@@ -68,7 +70,7 @@ fn admin(state: &AdminState, method: &Method, path: &str, query: Option<&str>) -
     match (method, path) {
         (&Method::GET, "/") => Response::text(
             StatusCode::OK,
-            "/config_dump     configuration in force, redirect mode and why, captured pods\n\
+            "/config_dump     configuration in force and its source, redirect mode and why, captured pods\n\
              /debug/ebpf      eBPF steering: counters, enrollment and connection maps\n\
              /debug/redirect  every redirect mode running here\n\
              /logging         GET: current filter; POST ?level=<filter>: change it\n\
@@ -78,6 +80,7 @@ fn admin(state: &AdminState, method: &Method, path: &str, query: Option<&str>) -
             let config = state.config.borrow().clone();
             Response::json(&serde_json::json!({
                 "config": *config,
+                "source": (state.source)(),
                 "redirect": {
                     "nodeMode": state.redirect.node_mode(),
                     "reason": state.redirect_reason,

@@ -91,6 +91,11 @@ impl Enrollment {
         self.metrics.enrolled_pods.set(self.pods.len() as i64);
     }
 
+    /// The pods captured now.
+    pub fn captured(&self) -> std::collections::BTreeSet<WorkloadKey> {
+        self.pods.keys().cloned().collect()
+    }
+
     pub fn view(&self) -> Vec<CapturedView> {
         self.pods
             .iter()

@@ -1,5 +1,6 @@
 //! The agent as a whole: wires configuration, steering, proxy and endpoints together and
 //! applies configuration changes until asked to stop.
+mod cni;
 mod enrollment;
 
 use std::{
@@ -13,14 +14,20 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 use tracing::{error, info, warn};
 
 use self::enrollment::Enrollment;
 use crate::{
     admin::{self, AdminState, RedirectCounters},
     check,
-    config::{Config, ConfigSource, FileSource, ModeSetting, RedirectMode},
+    config::{
+        self, Config, ConfigError, ConfigSource, FileSource, ModeSetting, RedirectMode,
+        kube::{CniPods, KubeSource},
+    },
     identity::Identities,
     logging::LogControl,
     metrics::Metrics,
@@ -42,20 +49,17 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// `mesh-agent run`: runs until SIGTERM or SIGINT. Pinned steering stays in place on exit so
 /// a restarted agent takes over without a gap (`mesh-agent cleanup` removes it).
-pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
+pub async fn run(config_path: &Path, node: Option<String>, logs: LogControl) -> anyhow::Result<()> {
     netns::remember_home().context("recording the agent's netns")?;
     match limits::raise_open_files() {
         Ok(limit) => info!(limit, "open file limit"),
         Err(error) => warn!(%error, "cannot raise the open file limit"),
     }
     let metrics = Metrics::new();
-    let rejections = metrics.config_rejections.clone();
-    let mut configs = FileSource::new(config_path)
-        .on_rejection(move |_| {
-            rejections.inc();
-        })
-        .subscribe()
+    let source = Source::open(config_path, node, &metrics)
+        .await
         .context("loading the configuration")?;
+    let mut configs = source.configs;
     let config = configs.borrow_and_update().clone();
     info!(node = %config.node, path = %config_path.display(), "starting");
 
@@ -78,6 +82,16 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
     let mut enrollment = Enrollment::new(redirect.clone(), proxy.clone(), metrics.clone());
     enrollment.reconcile(&config).await;
     enrollment.drop_stale_steering();
+    let (captured_tx, captured) = watch::channel(enrollment.captured());
+    if let Some((socket, pods)) = config
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.cni_socket.clone())
+        .zip(source.cni_pods.clone())
+    {
+        cni::serve(&socket, pods, captured)
+            .with_context(|| format!("listening for the CNI plugin on {}", socket.display()))?;
+    }
     // What /config_dump shows of the captured pods, refreshed after each reconcile.
     let pods_view = Arc::new(RwLock::new(serde_json::json!(enrollment.view())));
 
@@ -91,6 +105,7 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
         logs: Arc::new(logs),
         ready: ready.clone(),
         pods: Box::new(move || view.read().unwrap_or_else(|p| p.into_inner()).clone()),
+        source: source.view,
         identities,
     }))
     .await
@@ -125,10 +140,61 @@ pub async fn run(config_path: &Path, logs: LogControl) -> anyhow::Result<()> {
         }
         *pods_view.write().unwrap_or_else(|p| p.into_inner()) =
             serde_json::json!(enrollment.view());
+        captured_tx.send_if_modified(|set| {
+            let now = enrollment.captured();
+            let changed = *set != now;
+            *set = now;
+            changed
+        });
     }
     info!("stopping; steering stays pinned for the next agent");
     proxy.http.sink.spans.shutdown().await;
     Ok(())
+}
+
+/// The configuration stream, and what `/config_dump` says of where it comes from.
+struct Source {
+    configs: watch::Receiver<Arc<Config>>,
+    view: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Where the CNI endpoint hands pods to the Kubernetes source.
+    cni_pods: Option<CniPods>,
+}
+
+impl Source {
+    /// A file with a `kubernetes:` section takes everything else from the API server;
+    /// any other file is the whole configuration.
+    async fn open(path: &Path, node: Option<String>, metrics: &Metrics) -> anyhow::Result<Source> {
+        let rejections = metrics.config_rejections.clone();
+        let count = move |_: &ConfigError| {
+            rejections.inc();
+        };
+        if !config::names_kubernetes(path)? {
+            if node.is_some() {
+                warn!("--node is only used with a kubernetes section; the file names the node");
+            }
+            let configs = FileSource::new(path)
+                .on_rejection(count)
+                .subscribe()
+                .await?;
+            let path = path.display().to_string();
+            let view = Box::new(move || serde_json::json!({ "source": "file", "path": path }));
+            return Ok(Source {
+                configs,
+                view,
+                cni_pods: None,
+            });
+        }
+        let kube = KubeSource::new(path, node).on_rejection(count);
+        let status = kube.status();
+        let cni_pods = kube.cni_pods();
+        let configs = kube.subscribe().await?;
+        let view = Box::new(move || serde_json::json!(status.view()));
+        Ok(Source {
+            configs,
+            view,
+            cni_pods: Some(cni_pods),
+        })
+    }
 }
 
 /// Hands freed memory back once connections have finished and the proxy has been quiet for
@@ -223,6 +289,7 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
         ),
         ("redirect.mode", old.redirect != new.redirect),
         ("identity", old.identity != new.identity),
+        ("kubernetes", old.kubernetes != new.kubernetes),
     ];
     for (field, changed) in fields {
         if changed {

@@ -30,6 +30,7 @@ pub fn workload(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Workloa
         exclude_ports: vec![],
         exclude_cidrs: vec![],
         exclude_inbound_ports: vec![],
+        probe_ports: vec![],
     }
 }
 
@@ -55,6 +56,7 @@ pub fn config(workloads: Vec<Workload>, authz_yaml: &str, peer_yaml: &str) -> Co
         services: Vec::new(),
         http_routes: Vec::new(),
         tracing: None,
+        kubernetes: None,
     }
 }
 

@@ -29,10 +29,19 @@ enum Command {
     /// Run the agent: attach steering, enroll the configured pods, proxy their traffic, serve
     /// admin (:15000), metrics (:15020) and readiness (:15021). The config file is watched.
     Run {
-        /// YAML configuration (node, cgroupRoot, redirect.mode, workloads, ...).
+        /// YAML configuration (node, cgroupRoot, redirect.mode, workloads, ...). With a
+        /// `kubernetes:` section, workloads, services, policies and routes come from the
+        /// Kubernetes API instead, and the file holds only this node's settings.
         #[arg(long, short)]
         config: PathBuf,
+        /// This node's name, when the file does not give it (a DaemonSet sets NODE_NAME from
+        /// `spec.nodeName`). Only used with a `kubernetes:` section.
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
     },
+    /// Print the CustomResourceDefinitions of Sluice's resources (AuthorizationPolicy,
+    /// PeerAuthentication, HTTPRoute in sluice.dev/v1alpha1) as YAML, for `kubectl apply -f -`.
+    Crds,
     /// Probe what this node can do (kernel, eBPF program types and attach, cgroup v2, bpffs,
     /// BTF, netfilter backends) and say which redirect mode the agent would use.
     ///
@@ -93,11 +102,17 @@ impl From<ModeArg> for ModeSetting {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let logs = logging::init(cli.log_format, &cli.log_level)?;
     match cli.command {
-        Command::Run { config } => tokio::runtime::Builder::new_multi_thread()
+        Command::Run { config, node } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(app::run(&config, logs)),
+            .block_on(app::run(&config, node, logs)),
+        Command::Crds => {
+            for crd in crate::config::kube::crd::crds() {
+                print!("---\n{}", serde_yaml_ng::to_string(&crd)?);
+            }
+            Ok(())
+        }
         Command::Check { mode, json } => {
             let report = check::run(mode.into());
             if json {

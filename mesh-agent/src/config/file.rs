@@ -47,6 +47,20 @@ impl FileSource {
     }
 }
 
+/// Whether the file has a `kubernetes:` section (and so takes its lists from the API).
+pub fn names_kubernetes(path: &Path) -> Result<bool, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    Ok(value.get("kubernetes").is_some())
+}
+
 /// Parses YAML text; errors name the field path and the line.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
@@ -74,7 +88,7 @@ fn without_yaml_path(field: &str, message: &str) -> String {
 }
 
 impl ConfigSource for FileSource {
-    fn subscribe(self) -> Result<watch::Receiver<Arc<Config>>, ConfigError> {
+    async fn subscribe(self) -> Result<watch::Receiver<Arc<Config>>, ConfigError> {
         let text = std::fs::read_to_string(&self.path).map_err(|error| ConfigError::Read {
             path: self.path.clone(),
             error,

@@ -40,6 +40,20 @@ pub struct Config {
     pub http_routes: Vec<HttpRoute>,
     /// Where request spans go; `None`: none are exported (trace context is still passed on).
     pub tracing: Option<TracingSettings>,
+    /// Present: workloads, services, policies and routes come from the Kubernetes API, and
+    /// the file holds only this node's settings.
+    pub kubernetes: Option<KubernetesSettings>,
+}
+
+/// How the agent reaches the Kubernetes API and the node's CNI plugin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// A kubeconfig file; absent: the pod's service account (in cluster), else
+    /// `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the agent listens for `sluice-cni`; absent: no CNI plugin is used.
+    pub cni_socket: Option<PathBuf>,
 }
 
 /// A span per sampled request, sent to an OTLP/HTTP collector.
@@ -185,6 +199,9 @@ pub struct Workload {
     pub exclude_cidrs: Vec<IpNet>,
     /// The pod's own ports never captured inbound (health probes, admin ports).
     pub exclude_inbound_ports: Vec<u16>,
+    /// Ports the kubelet probes: the node's own plaintext connections to them are let
+    /// through even under `STRICT` and authorization policies, as Istio lets its probes.
+    pub probe_ports: Vec<u16>,
 }
 
 /// Identifies a workload across config versions.
@@ -292,6 +309,7 @@ struct RawConfig {
     #[serde(default)]
     http_routes: Vec<HttpRoute>,
     tracing: Option<TracingSettings>,
+    kubernetes: Option<KubernetesSettings>,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -358,6 +376,7 @@ impl TryFrom<RawConfig> for Config {
             services: raw.services,
             http_routes: raw.http_routes,
             tracing: raw.tracing,
+            kubernetes: raw.kubernetes,
         })
     }
 }
@@ -449,26 +468,8 @@ fn check_services(raw: &RawConfig) -> Result<(), String> {
         if !routes.insert((&r.namespace, &r.name)) {
             return Err(format!("{who} is listed twice"));
         }
-        let refs =
-            (r.parent_refs
-                .iter()
-                .map(|p| (&p.name, &p.namespace, p.port)))
-            .chain(r.rules.iter().flat_map(|rule| {
-                (rule.backend_refs.iter()).map(|b| (&b.name, &b.namespace, b.port))
-            }));
-        for (name, namespace, port) in refs {
-            let namespace = namespace.as_ref().unwrap_or(&r.namespace);
-            let service = (raw.services.iter())
-                .find(|s| &s.name == name && &s.namespace == namespace)
-                .ok_or_else(|| format!("{who}: no service {namespace}/{name}"))?;
-            if let Some(port) = port
-                && !service.ports.iter().any(|p| p.port == port)
-            {
-                return Err(format!(
-                    "{who}: service {namespace}/{name} has no port {port}"
-                ));
-            }
-        }
+        r.check_refs(&raw.services)
+            .map_err(|e| format!("{who}: {e}"))?;
     }
     Ok(())
 }
@@ -497,6 +498,8 @@ struct RawWorkload {
     exclude_cidrs: Vec<IpNet>,
     #[serde(default)]
     exclude_inbound_ports: Vec<u16>,
+    #[serde(default)]
+    probe_ports: Vec<u16>,
 }
 
 fn default_namespace() -> String {
@@ -568,6 +571,7 @@ impl TryFrom<RawWorkload> for Workload {
             exclude_ports: raw.exclude_ports,
             exclude_cidrs: raw.exclude_cidrs,
             exclude_inbound_ports: raw.exclude_inbound_ports,
+            probe_ports: raw.probe_ports,
         })
     }
 }

@@ -7,18 +7,19 @@
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which workloads a policy applies to: all of `namespace`, or those of its workloads whose
 /// labels include every `matchLabels` pair.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicy {
     pub name: String,
@@ -31,7 +32,7 @@ pub struct AuthorizationPolicy {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PolicyAction {
     #[default]
@@ -40,7 +41,7 @@ pub enum PolicyAction {
 }
 
 /// Matches when some `from` entry and some `to` entry match (an absent list matches all).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     #[serde(default)]
@@ -49,7 +50,7 @@ pub struct Rule {
     pub to: Vec<To>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct From {
     pub source: Source,
@@ -58,7 +59,7 @@ pub struct From {
 /// Every listed field must match; within a field, any value. `principals` are SPIFFE IDs
 /// without the scheme (`<trust domain>/ns/<ns>/sa/<sa>`), `*` as a prefix or suffix
 /// wildcard, as in Istio.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     pub principals: Option<Vec<String>>,
@@ -67,8 +68,10 @@ pub struct Source {
     pub not_namespaces: Option<Vec<String>>,
     /// CIDRs or single addresses, as Istio takes them.
     #[serde(default, deserialize_with = "ip_blocks")]
+    #[schemars(with = "Option<Vec<String>>")]
     pub ip_blocks: Option<Vec<IpNet>>,
     #[serde(default, deserialize_with = "ip_blocks")]
+    #[schemars(with = "Option<Vec<String>>")]
     pub not_ip_blocks: Option<Vec<IpNet>>,
 }
 
@@ -110,21 +113,21 @@ mod tests {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct To {
     pub operation: Operation,
 }
 
 /// Destination ports, as strings as in Istio.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     pub ports: Option<Vec<String>>,
     pub not_ports: Option<Vec<String>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthentication {
     pub name: String,
@@ -133,14 +136,14 @@ pub struct PeerAuthentication {
     pub mtls: PeerMtls,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerMtls {
     pub mode: MtlsMode,
 }
 
 /// `STRICT` refuses plaintext inbound; `PERMISSIVE` (the default) takes both.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     #[default]

@@ -7,9 +7,12 @@
 //! its author did not mean them to go.
 use std::time::Duration;
 
+use schemars::JsonSchema;
+
+use super::service::Service;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoute {
     pub name: String,
@@ -27,7 +30,7 @@ fn default_namespace() -> String {
 }
 
 /// The service whose traffic the route takes; `port` narrows it to one service port.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParentReference {
     #[serde(default)]
@@ -43,7 +46,7 @@ fn service_kind() -> String {
     "Service".into()
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteRule {
     pub name: Option<String>,
@@ -51,6 +54,7 @@ pub struct HttpRouteRule {
     #[serde(default)]
     pub matches: Vec<HttpRouteMatch>,
     #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Value>")]
     pub filters: Vec<serde_yaml_ng::Value>,
     /// Where matching requests go, split by weight; none: the parent service itself.
     #[serde(default)]
@@ -60,7 +64,7 @@ pub struct HttpRouteRule {
 }
 
 /// Every field given must match.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteMatch {
     pub path: Option<HttpPathMatch>,
@@ -71,7 +75,7 @@ pub struct HttpRouteMatch {
     pub method: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpPathMatch {
     #[serde(rename = "type", default)]
@@ -84,7 +88,7 @@ fn root() -> String {
     "/".into()
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PathMatchType {
     Exact,
     #[default]
@@ -92,7 +96,7 @@ pub enum PathMatchType {
     RegularExpression,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpHeaderMatch {
     #[serde(rename = "type", default)]
@@ -101,7 +105,7 @@ pub struct HttpHeaderMatch {
     pub value: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpQueryParamMatch {
     #[serde(rename = "type", default)]
@@ -110,7 +114,7 @@ pub struct HttpQueryParamMatch {
     pub value: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ValueMatchType {
     #[default]
     Exact,
@@ -119,7 +123,7 @@ pub enum ValueMatchType {
 
 /// A service (in the route's namespace unless given) that takes `weight` parts of the
 /// rule's requests.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpBackendRef {
     #[serde(default)]
@@ -132,6 +136,7 @@ pub struct HttpBackendRef {
     #[serde(default = "one")]
     pub weight: u32,
     #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Value>")]
     pub filters: Vec<serde_yaml_ng::Value>,
 }
 
@@ -141,29 +146,52 @@ fn one() -> u32 {
 
 /// `request`: the client's whole request, retries included (504 past it);
 /// `backendRequest`: each attempt.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteTimeouts {
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub request: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub backend_request: Option<Duration>,
 }
 
 /// Retried on these response codes and on connect failures, `attempts` more times at most,
 /// `backoff` apart (growing, jittered).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteRetry {
     #[serde(default)]
     pub codes: Vec<u16>,
     pub attempts: Option<u32>,
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub backoff: Option<Duration>,
 }
 
 impl HttpRoute {
     /// Refuses what the proxy would otherwise ignore.
+    /// Every parent and backend is a service in `services`, with the port named.
+    pub fn check_refs(&self, services: &[Service]) -> Result<(), String> {
+        let parents = (self.parent_refs.iter()).map(|p| (&p.name, &p.namespace, p.port));
+        let backends = (self.rules.iter())
+            .flat_map(|rule| rule.backend_refs.iter())
+            .map(|b| (&b.name, &b.namespace, b.port));
+        for (name, namespace, port) in parents.chain(backends) {
+            let namespace = namespace.as_ref().unwrap_or(&self.namespace);
+            let service = (services.iter())
+                .find(|s| &s.name == name && &s.namespace == namespace)
+                .ok_or_else(|| format!("no service {namespace}/{name}"))?;
+            if let Some(port) = port
+                && !service.ports.iter().any(|p| p.port == port)
+            {
+                return Err(format!("service {namespace}/{name} has no port {port}"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let who = format!("httpRoutes: {}/{}", self.namespace, self.name);
         if self.parent_refs.is_empty() {

@@ -24,13 +24,14 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<Pod>, ctx: Arc
         source_principal: None,
         source_namespace: None,
     });
-    if ctx.strict(&pod.workload) {
+    if ctx.is_node_probe(peer.ip(), &pod.workload, dst.port()) {
+        debug!(%dst, %peer, "the node's probe; let through");
+    } else if ctx.strict(&pod.workload) {
         debug!(%dst, "plaintext to a STRICT workload; refusing");
         ctx.metrics.authz_denied("plaintext_strict");
         l4::reset(&client);
         return;
-    }
-    if !ctx.authorize(&live.connection().connection(&pod.workload)) {
+    } else if !ctx.authorize(&live.connection().connection(&pod.workload)) {
         l4::reset(&client);
         return;
     }

@@ -20,7 +20,7 @@ pub mod upstream;
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -29,7 +29,7 @@ use std::{
 };
 
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use self::{pod::Pod, tunnel::client::Pool};
 use crate::{
@@ -61,6 +61,8 @@ pub struct ProxyContext {
     policies: RwLock<Arc<Policies>>,
     /// Connections finished since start: tells the memory trimmer that memory may be free.
     finished: AtomicU64,
+    /// The node's own addresses (the agent's netns): the kubelet probes from them.
+    node_addresses: RwLock<Vec<IpAddr>>,
 }
 
 impl ProxyContext {
@@ -83,6 +85,7 @@ impl ProxyContext {
             services: RwLock::new(Arc::new(ServiceIndex::new(config))),
             policies: RwLock::new(Arc::new(Policies::new(config))),
             finished: AtomicU64::new(0),
+            node_addresses: RwLock::new(node_addresses()),
         })
     }
 
@@ -94,6 +97,10 @@ impl ProxyContext {
         *self.services.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(ServiceIndex::new(config));
         self.http.updated(config);
+        *self
+            .node_addresses
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = node_addresses();
         let policies = Arc::new(Policies::new(config));
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) = policies.clone();
         let revoked = self.live.revoke_denied(&policies, config);
@@ -131,6 +138,18 @@ impl ProxyContext {
     pub fn strict(&self, destination: &Workload) -> bool {
         let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
         policies.mtls_mode(destination) == crate::config::policy::MtlsMode::Strict
+    }
+
+    /// A plaintext connection from the node itself to one of the pod's probe ports: the
+    /// kubelet's probe, let through before peer authentication and policy (as Istio does),
+    /// so `STRICT` pods stay healthy.
+    pub fn is_node_probe(&self, source: IpAddr, destination: &Workload, port: u16) -> bool {
+        destination.probe_ports.contains(&port)
+            && (self
+                .node_addresses
+                .read()
+                .unwrap_or_else(|p| p.into_inner()))
+            .contains(&source)
     }
 
     pub fn connection_finished(&self) {
@@ -254,4 +273,13 @@ async fn relay_or_reset(
     }
     counters.closed();
     ctx.connection_finished();
+}
+
+/// The agent's netns's addresses (the node's); none, and so no probe recognised, when they
+/// cannot be read.
+fn node_addresses() -> Vec<IpAddr> {
+    crate::sys::addrs::local_addresses().unwrap_or_else(|error| {
+        warn!(%error, "cannot list the node's addresses: kubelet probes to STRICT pods will be refused");
+        Vec::new()
+    })
 }

@@ -1,5 +1,7 @@
 //! Thin wrappers over the host facts and syscalls the agent needs: mounts, cgroups, netns.
+pub mod addrs;
 pub mod exec;
+pub mod kubepods;
 pub mod limits;
 pub mod memory;
 pub mod mounts;
