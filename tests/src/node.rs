@@ -133,6 +133,31 @@ impl Node {
     /// `<pods_cgroup>/<name>`. The default routes only matter once the node is linked to
     /// another (`crate::cluster`): until then the node forwards nothing.
     pub fn add_pod(&self, name: &str) -> Result<Pod> {
+        self.add_pod_at(name, self.pods_cgroup().join(name))
+    }
+
+    /// [`Node::add_pod`] with the cgroup where the kubelet puts a pod with this UID, with
+    /// the systemd driver (`kubepods.slice/kubepods-burstable.slice/
+    /// kubepods-burstable-pod<uid_>.slice`) or cgroupfs (`kubepods/besteffort/pod<uid>`),
+    /// under the agent's `cgroupRoot`.
+    pub fn add_kubelet_pod(&self, name: &str, uid: &str, systemd: bool) -> Result<Pod> {
+        let relative = if systemd {
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+                uid.replace('-', "_")
+            )
+        } else {
+            format!("kubepods/besteffort/pod{uid}")
+        };
+        let cgroup = self.cgroup_root().join(relative);
+        if let Some(parent) = cgroup.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("mkdir {}", parent.display()))?;
+        }
+        self.add_pod_at(name, cgroup)
+    }
+
+    fn add_pod_at(&self, name: &str, cgroup: PathBuf) -> Result<Pod> {
         ensure!(
             !name.is_empty()
                 && name.len() <= 24
@@ -146,7 +171,7 @@ impl Node {
         let netns = NetNs::create(&format!("{}-{name}", self.prefix))?;
         let inner = Arc::new(PodInner {
             name: name.to_string(),
-            cgroup: self.pods_cgroup().join(name),
+            cgroup,
             ip: Ipv4Addr::new(10, 77, self.subnet, host),
             ip6: Ipv6Addr::new(
                 0xfd77,
@@ -219,6 +244,18 @@ impl Node {
         Ok(pods
             .try_into()
             .unwrap_or_else(|_| unreachable!("one pod per name")))
+    }
+
+    /// Dials `target` once from the node's own netns, outside every pod and outside
+    /// `cgroupRoot` (as the kubelet probes a pod), and returns that connection's result.
+    pub fn dial_one(&self, target: std::net::SocketAddr, bytes: u64) -> Result<crate::ConnResult> {
+        let opts = crate::DialOpts::bytes(bytes);
+        let mut cmd = std::process::Command::new(&self.testapp);
+        cmd.args(opts.args(target));
+        crate::pod::enter(&mut cmd, std::fs::File::open(self.netns_path())?, None);
+        let proc = crate::proc::Proc::spawn(&format!("dial {target} from the node"), cmd)?;
+        let mut report = crate::pod::finish_dial(proc, &opts)?;
+        report.results.pop().context("dial printed no result")
     }
 
     /// Every pod made so far.

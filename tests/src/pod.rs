@@ -78,7 +78,7 @@ impl DialOpts {
         self
     }
 
-    fn args(&self, target: SocketAddr) -> Vec<String> {
+    pub(crate) fn args(&self, target: SocketAddr) -> Vec<String> {
         let mut a = vec![
             "dial".to_string(),
             target.to_string(),

@@ -29,6 +29,8 @@ pub struct AgentConfig {
     /// Certificates for the mesh tunnel; `None`: mTLS off on this node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// Absent in Kubernetes mode, where the agent discovers workloads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<Workload>,
     /// Istio-shaped `AuthorizationPolicy` objects (`name`, `namespace`, `selector`,
     /// `action`, `rules`), written inline with `serde_json::json!`.
@@ -47,6 +49,10 @@ pub struct AgentConfig {
     /// `otlpEndpoint` and `samplingRate`: request spans to a collector.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<serde_json::Value>,
+    /// The `kubernetes:` section: workloads, services, policies and routes come from the
+    /// API server (the tests' `kube_api::ApiServer`) instead of this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -216,7 +222,19 @@ impl AgentConfig {
             services: Vec::new(),
             http_routes: Vec::new(),
             tracing: None,
+            kubernetes: None,
         }
+    }
+
+    /// Kubernetes mode: the agent reads the API server `kubeconfig` points at, and listens
+    /// for the CNI plugin on `cni_socket` when given.
+    pub fn kubernetes(mut self, kubeconfig: &std::path::Path, cni_socket: Option<&std::path::Path>) -> AgentConfig {
+        let mut section = serde_json::json!({ "kubeconfig": kubeconfig });
+        if let Some(socket) = cni_socket {
+            section["cniSocket"] = serde_json::json!(socket);
+        }
+        self.kubernetes = Some(section);
+        self
     }
 
     /// Exports request spans to the OTLP/HTTP collector at `endpoint` (`http://host:port`).
