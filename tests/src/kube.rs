@@ -3,7 +3,7 @@
 //! the kubelet lays them out (a cgroup named after the pod's UID under `kubepods`, a process
 //! in it) with Pod objects in the shape `kubectl get -o yaml` prints.
 use crate::agent::AgentConfig;
-use crate::kube_api::{ApiServer, fixture};
+use crate::kube_api::ApiServer;
 use crate::mode::Mode;
 use crate::node::Node;
 use crate::pod::Pod;
@@ -129,8 +129,9 @@ impl KubePod {
     /// The pod's object: the `pod-web.yaml` fixture (a real `kubectl get -o yaml`) with
     /// this pod's name, namespace, UID, labels, node and addresses.
     pub fn object(&self, node: &str, labels: &[(&str, &str)]) -> Result<Value> {
-        let text = fixture("pod-web.yaml")?;
-        let mut object: Value = serde_yaml_ng::from_str(&text).context("pod fixture")?;
+        // Compiled in: the kernel VMs run this suite without the source tree.
+        let text = include_str!("../fixtures/kube/pod-web.yaml");
+        let mut object: Value = serde_yaml_ng::from_str(text).context("pod fixture")?;
         let name = self.pod.name();
         object["metadata"]["name"] = json!(name);
         object["metadata"]["generateName"] = Value::Null;

@@ -23,6 +23,8 @@ pub struct KernelLine {
     /// netfilter variants of the capture and mesh scenarios run on 5.10 only, the oldest
     /// kernel (where the fallback matters); every eBPF scenario runs on every kernel.
     pub skip: &'static [&'static str],
+    /// Suites not run at all on this line.
+    pub leave_out: &'static [&'static str],
 }
 
 /// The redirect modes whose scenario variants run on 5.10 alone.
@@ -32,14 +34,20 @@ const NETFILTER_VARIANTS: &[&str] = &["nftables::", "iptables::"];
 /// kernel's netfilter, so when one is run in a VM (`--test l7`) only its eBPF variants run.
 const ABOVE_CAPTURE: &[&str] = &["l7"];
 
-/// Suites left out of a whole-matrix run. `l7`: a 5.10 guest hung in its gRPC scenario
-/// (tests/README, "In the kernel VMs"); the capture it sits on is covered by `outbound`
-/// and `inbound` on every kernel.
-pub const HOST_ONLY: &[&str] = &["l7"];
+/// Suites left out of a whole-matrix run: they exercise no kernel capture (the fake API
+/// server itself, the CNI plugin's contract and installer, the manifests), and read files
+/// of the source tree the guest does not have.
+pub const HOST_ONLY: &[&str] = &["kube_api", "cni", "deploy"];
+
+/// Every variant: a suite a kernel line leaves out whole.
+const ALL_VARIANTS: &[&str] = &["ebpf::", "nftables::", "iptables::"];
 
 impl KernelLine {
     /// The `--skip` filters for `suite` on this kernel.
     pub fn skip_for(&self, suite: &str) -> Vec<&'static str> {
+        if self.leave_out.contains(&suite) {
+            return ALL_VARIANTS.to_vec();
+        }
         let mut skip = self.skip.to_vec();
         if ABOVE_CAPTURE.contains(&suite) {
             skip.extend(NETFILTER_VARIANTS.iter().filter(|f| !self.skip.contains(f)));
@@ -53,16 +61,21 @@ pub const LINES: &[KernelLine] = &[
         label: "5.10",
         suites: &["bullseye"],
         skip: &[],
+        // A 5.10 TCG guest hung in l7's gRPC scenario once in three runs (tests/README,
+        // "In the kernel VMs"); 6.1 and 6.12 run its eBPF variants.
+        leave_out: &["l7"],
     },
     KernelLine {
         label: "6.1",
         suites: &["bookworm"],
         skip: NETFILTER_VARIANTS,
+        leave_out: &[],
     },
     KernelLine {
         label: "6.12",
         suites: &["trixie", "bookworm-backports"],
         skip: NETFILTER_VARIANTS,
+        leave_out: &[],
     },
 ];
 
@@ -200,11 +213,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn l7_runs_only_its_ebpf_variants_in_every_vm() {
-        for line in LINES {
+    fn l7_runs_only_its_ebpf_variants_and_not_on_5_10() {
+        assert_eq!(LINES[0].skip_for("l7"), ALL_VARIANTS);
+        for line in &LINES[1..] {
             assert_eq!(line.skip_for("l7"), ["nftables::", "iptables::"]);
         }
         assert_eq!(LINES[0].skip_for("outbound"), Vec::<&str>::new());
+        assert_eq!(LINES[0].skip_for("kube"), Vec::<&str>::new());
+        assert_eq!(LINES[1].skip_for("kube"), ["nftables::", "iptables::"]);
     }
 
     #[test]
