@@ -109,6 +109,14 @@ impl KubeBed {
         self.api.apply(&object.to_string()).map(drop)
     }
 
+    /// [`KubeBed::apply_pod`] as the object is while its sandbox is being set up: scheduled
+    /// here, `Pending`, no address yet (the CNI plugin is about to give it one).
+    pub fn apply_pending_pod(&self, pod: &KubePod, labels: &[(&str, &str)]) -> Result<()> {
+        let mut object = pod.object(self.node.name(), labels)?;
+        object["status"] = json!({ "phase": "Pending", "qosClass": "BestEffort" });
+        self.api.apply(&object.to_string()).map(drop)
+    }
+
     pub fn delete_pod(&self, pod: &KubePod) -> Result<()> {
         self.api
             .delete("Pod", &pod.namespace, pod.pod.name())

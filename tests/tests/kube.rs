@@ -7,6 +7,7 @@
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use tests::cni::{Sandbox, net_config, run_plugin};
 use tests::kube::{KubeBed, KubePod, MESH_LABEL};
 use tests::netfilter::expect_rules;
 use tests::scenario::{addr, assert_transparent};
@@ -21,6 +22,7 @@ tests::in_every_mode!(
     a_pod_waits_for_a_process_then_enrolls,
     a_service_answers_on_its_cluster_ip,
     kubelet_probes_reach_a_strict_pod,
+    the_cni_add_returns_once_the_pod_is_captured,
 );
 
 const ENABLED: (&str, &str) = (MESH_LABEL, "enabled");
@@ -347,4 +349,55 @@ fn kubelet_probes_reach_a_strict_pod(mode: Mode) {
     assert_eq!(probed.accepted().len(), accepted + 1);
     let r = bed.node.dial_one(addr(b.pod.ip(), 9090), 1000).unwrap();
     assert_ne!(r.result, "ok", "the node reached a port no probe names: {r:?}");
+}
+
+/// Scenario 9: the race-free start. A labelled pod's object is `Pending` with no address
+/// and its cgroup has no process yet, so the agent cannot find it alone; `sluice-cni ADD`
+/// (run as a runtime runs it) hands over its netns and addresses and returns only once the
+/// pod is captured: the very first connection after it is. An unlabelled pod's ADD passes
+/// its `prevResult` through; DEL succeeds.
+fn the_cni_add_returns_once_the_pod_is_captured(mode: Mode) {
+    let bed = KubeBed::new().unwrap();
+    bed.namespace("shop", &[ENABLED]).unwrap();
+    bed.namespace("lab", &[]).unwrap();
+    let a = bed.pod_without_process("client-a", "shop", true).unwrap();
+    let b = bed.pod("server-b", "lab", false).unwrap();
+    let _server = b.pod.serve(8080, "server-b").unwrap();
+    bed.apply_pending_pod(&a, &[]).unwrap();
+    bed.apply_pod(&b, &[]).unwrap();
+    let socket = bed.node.workdir().join("cni.sock");
+    let cfg = bed.config(mode).kubernetes(&bed.kubeconfig, Some(&socket));
+    let agent = Agent::start(&bed.node, cfg).unwrap();
+    wait_captured(&agent, &[]);
+
+    let add = |pod: &KubePod| {
+        let mut sandbox = Sandbox::pod(&pod.namespace, pod.pod.name(), &pod.uid);
+        sandbox.netns = pod.pod.netns_path().display().to_string();
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{ "name": "eth0", "sandbox": sandbox.netns }],
+            "ips": [
+                { "address": format!("{}/24", pod.pod.ip()), "interface": 0 },
+                { "address": format!("{}/64", pod.pod.ip6()), "interface": 0 },
+            ],
+        });
+        let config = net_config("1.0.0", Some(prev.clone()), json!({ "agentSocket": socket }));
+        let run = run_plugin("ADD", &sandbox, &config).unwrap();
+        (run, prev, sandbox, config)
+    };
+    let (run, prev, sandbox, config) = add(&a);
+    assert_eq!(run.ok_json().unwrap(), prev, "ADD must print prevResult unchanged");
+    assert!(
+        captured_dial(&agent, &a, &b),
+        "the first connection after ADD returned was not captured\n{}",
+        agent.log_tail(30)
+    );
+    assert_eq!(captured(&agent), BTreeSet::from(["shop/client-a".to_string()]));
+
+    let (run, prev, _, _) = add(&b);
+    assert_eq!(run.ok_json().unwrap(), prev, "an unlabelled pod's ADD passes through");
+    assert_eq!(captured(&agent), BTreeSet::from(["shop/client-a".to_string()]));
+
+    let run = run_plugin("DEL", &sandbox, &config).unwrap();
+    assert_eq!(run.status, 0, "{run:?}");
 }
