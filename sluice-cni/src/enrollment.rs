@@ -77,16 +77,37 @@ mod tests {
             (None, None, false, Decision::NotLabelled),
             (None, Some("enabled"), false, Decision::NamespaceLabel),
             (Some("enabled"), None, false, Decision::PodLabel),
-            (Some("disabled"), Some("enabled"), false, Decision::PodOptOut),
+            (
+                Some("disabled"),
+                Some("enabled"),
+                false,
+                Decision::PodOptOut,
+            ),
             (Some("enabled"), Some("disabled"), false, Decision::PodLabel),
-            (Some("yes"), Some("enabled"), false, Decision::NamespaceLabel),
+            (
+                Some("yes"),
+                Some("enabled"),
+                false,
+                Decision::NamespaceLabel,
+            ),
             (None, Some("true"), false, Decision::NotLabelled),
-            (Some("enabled"), Some("enabled"), true, Decision::HostNetwork),
+            (
+                Some("enabled"),
+                Some("enabled"),
+                true,
+                Decision::HostNetwork,
+            ),
         ];
         for (pod, ns, host, want) in cases {
             let got = decide(&labels(pod), &labels(ns), host);
-            assert_eq!(got, want, "pod {pod:?}, namespace {ns:?}, hostNetwork {host}");
-            assert_eq!(got.enrolled(), matches!(want, Decision::PodLabel | Decision::NamespaceLabel));
+            assert_eq!(
+                got, want,
+                "pod {pod:?}, namespace {ns:?}, hostNetwork {host}"
+            );
+            assert_eq!(
+                got.enrolled(),
+                matches!(want, Decision::PodLabel | Decision::NamespaceLabel)
+            );
         }
     }
 }
