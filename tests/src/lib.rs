@@ -12,6 +12,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod cluster;
 pub mod cmd;
+pub mod cni;
 pub mod echo;
 pub mod http;
 pub mod http_app;
