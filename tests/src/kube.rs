@@ -78,7 +78,12 @@ impl KubeBed {
     }
 
     /// [`KubeBed::pod`] before its sandbox has a process: the cgroup is there, empty.
-    pub fn pod_without_process(&self, name: &str, namespace: &str, systemd: bool) -> Result<KubePod> {
+    pub fn pod_without_process(
+        &self,
+        name: &str,
+        namespace: &str,
+        systemd: bool,
+    ) -> Result<KubePod> {
         let uid = next_uid();
         let pod = self.node.add_kubelet_pod(name, &uid, systemd)?;
         Ok(KubePod {

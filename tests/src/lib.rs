@@ -18,6 +18,7 @@ pub mod http;
 pub mod http_app;
 pub mod identity;
 pub mod inbound;
+pub mod kube;
 pub mod kube_api;
 pub mod l7;
 pub mod link_capture;

@@ -53,7 +53,10 @@ fn wait_captured(agent: &Agent, want: &[&str]) {
         panic!(
             "{e:#}: want {want:?}, have {:?}\nsource: {}\nagent log:\n{}",
             captured(agent),
-            agent.config_dump().map(|d| d["source"].to_string()).unwrap_or_default(),
+            agent
+                .config_dump()
+                .map(|d| d["source"].to_string())
+                .unwrap_or_default(),
             agent.log_tail(40)
         )
     });
@@ -88,12 +91,18 @@ fn a_labelled_pod_is_captured_and_released_when_unlabelled(mode: Mode) {
     let agent = Agent::start(&bed.node, bed.config(mode)).unwrap();
 
     wait_captured(&agent, &["shop/client-a"]);
-    assert!(captured_dial(&agent, &a, &b), "the labelled pod is not captured");
+    assert!(
+        captured_dial(&agent, &a, &b),
+        "the labelled pod is not captured"
+    );
     expect_rules(&bed.node, &shadow(&bed, mode, &[&a])).unwrap();
 
     bed.apply_pod(&a, &[("app", "client")]).unwrap();
     wait_captured(&agent, &[]);
-    assert!(!captured_dial(&agent, &a, &b), "captured after its label went");
+    assert!(
+        !captured_dial(&agent, &a, &b),
+        "captured after its label went"
+    );
     expect_rules(&bed.node, &bed.config(mode)).unwrap();
 }
 
@@ -116,8 +125,14 @@ fn a_namespace_label_enrolls_its_pods_and_a_pod_can_opt_out(mode: Mode) {
 
     wait_captured(&agent, &["shop/client-a"]);
     assert!(captured_dial(&agent, &a, &b));
-    assert!(!captured_dial(&agent, &out, &b), "a pod labelled disabled was captured");
-    assert!(!captured_dial(&agent, &other, &b), "a pod of an unlabelled namespace was captured");
+    assert!(
+        !captured_dial(&agent, &out, &b),
+        "a pod labelled disabled was captured"
+    );
+    assert!(
+        !captured_dial(&agent, &other, &b),
+        "a pod of an unlabelled namespace was captured"
+    );
 
     // The namespace label going releases its pods.
     bed.namespace("shop", &[]).unwrap();
@@ -140,7 +155,9 @@ fn a_deleted_pod_is_released_and_nothing_is_left(mode: Mode) {
     expect_rules(&bed.node, &bed.config(mode)).unwrap();
     if mode == Mode::Ebpf {
         let ebpf = agent.debug_ebpf().unwrap();
-        let enrolled = ebpf["enrolled"].as_array().expect("/debug/ebpf lists enrolled cgroups");
+        let enrolled = ebpf["enrolled"]
+            .as_array()
+            .expect("/debug/ebpf lists enrolled cgroups");
         assert!(enrolled.is_empty(), "eBPF enrollment left behind: {ebpf:#}");
     }
 }
@@ -165,9 +182,15 @@ fn an_api_server_restart_and_410_lose_and_double_nothing(mode: Mode) {
     bed.api.stop();
     bed.apply_pod(&c, &[ENABLED]).unwrap();
     bed.api.compact();
-    assert!(captured_dial(&agent, &a, &b), "capture lost while the API server is away");
+    assert!(
+        captured_dial(&agent, &a, &b),
+        "capture lost while the API server is away"
+    );
     std::thread::sleep(Duration::from_secs(1));
-    assert!(captured_dial(&agent, &a, &b), "capture lost while the API server is away");
+    assert!(
+        captured_dial(&agent, &a, &b),
+        "capture lost while the API server is away"
+    );
     bed.api.serve_again().unwrap();
 
     wait_captured(&agent, &["shop/client-a", "shop/client-c"]);
@@ -177,10 +200,20 @@ fn an_api_server_restart_and_410_lose_and_double_nothing(mode: Mode) {
         "the agent did not list pods again after 410 Gone"
     );
     let dump = agent.config_dump().unwrap();
-    let workloads = dump["config"]["workloads"].as_array().cloned().unwrap_or_default();
-    let names: Vec<&str> = workloads.iter().filter_map(|w| w["name"].as_str()).collect();
+    let workloads = dump["config"]["workloads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = workloads
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
     let unique: BTreeSet<&str> = names.iter().copied().collect();
-    assert_eq!(names.len(), unique.len(), "a workload is doubled: {names:?}");
+    assert_eq!(
+        names.len(),
+        unique.len(),
+        "a workload is doubled: {names:?}"
+    );
     assert_eq!(names.len(), 3, "{names:?}");
 }
 
@@ -215,22 +248,32 @@ fn a_policy_change_applies_to_the_next_connection(mode: Mode) {
         },
     });
     bed.api.apply(&policy.to_string()).unwrap();
-    poll_until(Duration::from_secs(10), "the DENY policy is in force", || {
-        let r = a.pod.dial_one(target, 1000)?;
-        Ok((r.result != "ok").then_some(()))
-    })
+    poll_until(
+        Duration::from_secs(10),
+        "the DENY policy is in force",
+        || {
+            let r = a.pod.dial_one(target, 1000)?;
+            Ok((r.result != "ok").then_some(()))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(30)));
     let accepted = server.accepted().len();
     let r = a.pod.dial_one(target, 1000).unwrap();
     assert_ne!(r.result, "ok", "allowed again under DENY: {r:?}");
-    assert_eq!(server.accepted().len(), accepted, "a denied connection reached the app");
+    assert_eq!(
+        server.accepted().len(),
+        accepted,
+        "a denied connection reached the app"
+    );
 
     bed.api
         .delete("AuthorizationPolicy", "shop", "no-client-a")
         .unwrap();
-    poll_until(Duration::from_secs(10), "the policy's deletion is in force", || {
-        Ok((a.pod.dial_one(target, 1000)?.result == "ok").then_some(()))
-    })
+    poll_until(
+        Duration::from_secs(10),
+        "the policy's deletion is in force",
+        || Ok((a.pod.dial_one(target, 1000)?.result == "ok").then_some(())),
+    )
     .unwrap();
 }
 
@@ -245,7 +288,10 @@ fn a_pod_waits_for_a_process_then_enrolls(mode: Mode) {
     let waiting = poll_until(Duration::from_secs(10), "client-a waiting", || {
         let dump = agent.config_dump()?;
         let waiting = dump["source"]["waitingPods"].clone();
-        Ok(waiting.as_array().is_some_and(|w| !w.is_empty()).then_some(waiting))
+        Ok(waiting
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+            .then_some(waiting))
     })
     .unwrap();
     assert!(
@@ -310,7 +356,9 @@ fn a_service_answers_on_its_cluster_ip(mode: Mode) {
     assert_eq!(r.peer.as_deref(), Some("10.96.77.10:80"), "{r:?}");
     let accepted = server.accepted();
     assert!(
-        accepted.iter().any(|c| c.peer.starts_with(&format!("{}:", a.pod.ip()))),
+        accepted
+            .iter()
+            .any(|c| c.peer.starts_with(&format!("{}:", a.pod.ip()))),
         "{accepted:?}"
     );
 }
@@ -342,13 +390,24 @@ fn kubelet_probes_reach_a_strict_pod(mode: Mode) {
     let probe_port = addr(b.pod.ip(), 8080);
 
     let r = outside.pod.dial_one(probe_port, 1000).unwrap();
-    assert_ne!(r.result, "ok", "plaintext from outside the mesh under STRICT: {r:?}");
+    assert_ne!(
+        r.result, "ok",
+        "plaintext from outside the mesh under STRICT: {r:?}"
+    );
     let accepted = probed.accepted().len();
     let r = bed.node.dial_one(probe_port, 1000).unwrap();
-    assert_eq!(r.result, "ok", "the node's probe was refused: {r:?}\n{}", agent.log_tail(20));
+    assert_eq!(
+        r.result,
+        "ok",
+        "the node's probe was refused: {r:?}\n{}",
+        agent.log_tail(20)
+    );
     assert_eq!(probed.accepted().len(), accepted + 1);
     let r = bed.node.dial_one(addr(b.pod.ip(), 9090), 1000).unwrap();
-    assert_ne!(r.result, "ok", "the node reached a port no probe names: {r:?}");
+    assert_ne!(
+        r.result, "ok",
+        "the node reached a port no probe names: {r:?}"
+    );
 }
 
 /// Scenario 9: the race-free start. A labelled pod's object is `Pending` with no address
@@ -381,22 +440,40 @@ fn the_cni_add_returns_once_the_pod_is_captured(mode: Mode) {
                 { "address": format!("{}/64", pod.pod.ip6()), "interface": 0 },
             ],
         });
-        let config = net_config("1.0.0", Some(prev.clone()), json!({ "agentSocket": socket }));
+        let config = net_config(
+            "1.0.0",
+            Some(prev.clone()),
+            json!({ "agentSocket": socket }),
+        );
         let run = run_plugin("ADD", &sandbox, &config).unwrap();
         (run, prev, sandbox, config)
     };
     let (run, prev, sandbox, config) = add(&a);
-    assert_eq!(run.ok_json().unwrap(), prev, "ADD must print prevResult unchanged");
+    assert_eq!(
+        run.ok_json().unwrap(),
+        prev,
+        "ADD must print prevResult unchanged"
+    );
     assert!(
         captured_dial(&agent, &a, &b),
         "the first connection after ADD returned was not captured\n{}",
         agent.log_tail(30)
     );
-    assert_eq!(captured(&agent), BTreeSet::from(["shop/client-a".to_string()]));
+    assert_eq!(
+        captured(&agent),
+        BTreeSet::from(["shop/client-a".to_string()])
+    );
 
     let (run, prev, _, _) = add(&b);
-    assert_eq!(run.ok_json().unwrap(), prev, "an unlabelled pod's ADD passes through");
-    assert_eq!(captured(&agent), BTreeSet::from(["shop/client-a".to_string()]));
+    assert_eq!(
+        run.ok_json().unwrap(),
+        prev,
+        "an unlabelled pod's ADD passes through"
+    );
+    assert_eq!(
+        captured(&agent),
+        BTreeSet::from(["shop/client-a".to_string()])
+    );
 
     let run = run_plugin("DEL", &sandbox, &config).unwrap();
     assert_eq!(run.status, 0, "{run:?}");

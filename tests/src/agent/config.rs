@@ -228,7 +228,11 @@ impl AgentConfig {
 
     /// Kubernetes mode: the agent reads the API server `kubeconfig` points at, and listens
     /// for the CNI plugin on `cni_socket` when given.
-    pub fn kubernetes(mut self, kubeconfig: &std::path::Path, cni_socket: Option<&std::path::Path>) -> AgentConfig {
+    pub fn kubernetes(
+        mut self,
+        kubeconfig: &std::path::Path,
+        cni_socket: Option<&std::path::Path>,
+    ) -> AgentConfig {
         let mut section = serde_json::json!({ "kubeconfig": kubeconfig });
         if let Some(socket) = cni_socket {
             section["cniSocket"] = serde_json::json!(socket);
