@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
+mod manifests;
 mod system;
 mod test;
 mod toolchain;
@@ -73,6 +74,11 @@ enum Task {
     /// server pod, runs each scenario under each contender in turn, round after round, and
     /// writes target/bench/report.{json,md,svg}.
     Bench(bench::Bench),
+    /// Render deploy/ (kustomize) and validate it offline: every resource and example
+    /// against Kubernetes' schemas or our CRDs', the CRDs against `mesh-agent crds`, the
+    /// Grafana dashboard and the Containerfile. Installs its Python tools in a venv.
+    #[command(subcommand)]
+    Manifests(manifests::Manifests),
 }
 
 /// Prints errors as their chain of causes: `main` returning the error would add a backtrace
@@ -108,5 +114,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Demo { args } => demo::run(&args),
         Task::VmTest(opts) => vm::run(&opts),
         Task::Bench(opts) => bench::run(&opts),
+        Task::Manifests(task) => manifests::run(&task),
     }
 }
