@@ -31,7 +31,60 @@ pub struct Agent<'n> {
     config_path: PathBuf,
     log_path: PathBuf,
     env: Vec<(String, String)>,
+    launch: Launch,
     child: Option<Child>,
+}
+
+/// How the agent process is held, to run it as a Kubernetes container would.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Only these capabilities (`NET_ADMIN`, ...), as a container with `drop: [ALL]` and
+    /// this `add` holds them: the bounding and inheritable sets, so a root process has
+    /// them (and its children as well) and cannot regain others. `None`: all of them.
+    pub capabilities: Option<Vec<String>>,
+    /// `/proc/sys` read-only, as container runtimes mount it for an unprivileged
+    /// container (in a mount namespace of the agent's own).
+    pub readonly_proc_sys: bool,
+}
+
+impl Launch {
+    /// The command that starts `program` held this way (through `setpriv`, `unshare`).
+    fn command(&self, program: &Path) -> Command {
+        let mut argv: Vec<String> = Vec::new();
+        if self.readonly_proc_sys {
+            argv.extend(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "slave",
+                    "--",
+                    "sh",
+                    "-c",
+                    "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys \
+                     && exec \"$@\"",
+                    "sh",
+                ]
+                .map(String::from),
+            );
+        }
+        if let Some(caps) = &self.capabilities {
+            let set: String = caps
+                .iter()
+                .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+                .collect();
+            argv.extend([
+                "setpriv".into(),
+                format!("--bounding-set=-all{set}"),
+                format!("--inh-caps=-all{set}"),
+                "--".into(),
+            ]);
+        }
+        argv.push(program.display().to_string());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        cmd
+    }
 }
 
 impl<'n> Agent<'n> {
@@ -48,6 +101,16 @@ impl<'n> Agent<'n> {
         config: AgentConfig,
         env: &[(&str, &str)],
     ) -> Result<Agent<'n>> {
+        Agent::start_held(node, config, env, Launch::default())
+    }
+
+    /// [`Agent::start_with_env`], with the process held as `launch` says.
+    pub fn start_held(
+        node: &'n Node,
+        config: AgentConfig,
+        env: &[(&str, &str)],
+        launch: Launch,
+    ) -> Result<Agent<'n>> {
         let mut agent = Agent {
             node,
             bin: crate::agent_bin()?,
@@ -58,6 +121,7 @@ impl<'n> Agent<'n> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            launch,
             child: None,
         };
         agent.launch()?;
@@ -72,7 +136,7 @@ impl<'n> Agent<'n> {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = self.launch.command(&self.bin);
         cmd.arg("run").arg("--config").arg(&self.config_path);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
