@@ -375,8 +375,41 @@ mod tests {
         }
     }
 
+    /// deploy/ rendered, less its CRDs: those are the agent's output, checked by the
+    /// manifests step itself; these tests are about the validator.
     fn rendered_deploy() -> String {
-        render(&cmd::workspace_root().unwrap().join("deploy")).unwrap()
+        let text = render(&cmd::workspace_root().unwrap().join("deploy")).unwrap();
+        text.split("\n---\n")
+            .filter(|doc| !doc.contains("kind: CustomResourceDefinition"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    /// A CRD whose `spec` has `field` as its one property.
+    fn crd(field: &str) -> String {
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+             metadata: {{name: widgets.example.com}}\nspec:\n  group: example.com\n  \
+             names: {{kind: Widget, plural: widgets}}\n  scope: Namespaced\n  versions:\n  \
+             - name: v1\n    served: true\n    storage: true\n    schema:\n      \
+             openAPIV3Schema:\n        type: object\n        properties:\n          \
+             spec:\n            type: object\n            properties:\n              \
+             {field}\n"
+        )
+    }
+
+    #[test]
+    fn crds_must_be_structural() {
+        let good = crd(
+            "filters: {type: array, items: {type: object, x-kubernetes-preserve-unknown-fields: true}}",
+        );
+        assert_eq!(
+            validator_refuses(&[("crd.yaml", good.as_str())], false),
+            None
+        );
+        let untyped = crd("filters: {type: array, items: {}}");
+        let said = validator_refuses(&[("crd.yaml", untyped.as_str())], false).unwrap();
+        assert!(said.contains("filters.items: no type"), "{said}");
     }
 
     fn example(name: &str) -> String {
