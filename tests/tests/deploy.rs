@@ -59,18 +59,26 @@ fn deployed_capabilities() -> Vec<String> {
     panic!("no DaemonSet in deploy/");
 }
 
-/// The modes in which taking `capability` away must break capture, and why it is needed.
-fn needed_in(capability: &str) -> Option<(&'static [Mode], Setup)> {
+/// What fails without a capability: capture in some modes, or `auto` finding eBPF.
+enum Proof {
+    Capture(&'static [Mode], Setup),
+    AutoPicksEbpf,
+}
+
+/// Why each capability is in the DaemonSet; `None` for one that has no place there.
+fn needed_for(capability: &str) -> Option<Proof> {
     match capability {
         // setns into the pod's netns; bpf() too (no CAP_BPF in the set).
-        "SYS_ADMIN" => Some((&Mode::ALL, Setup::Plain)),
+        "SYS_ADMIN" => Some(Proof::Capture(&Mode::ALL, Setup::Plain)),
         // ip rule/route, SO_MARK, IP_TRANSPARENT, netfilter in the pod's netns.
-        "NET_ADMIN" => Some((&Mode::ALL, Setup::Plain)),
+        "NET_ADMIN" => Some(Proof::Capture(&Mode::ALL, Setup::Plain)),
         // /proc/<pid>/ns/net of a process holding capabilities the agent does not.
-        "SYS_PTRACE" => Some((&Mode::ALL, Setup::Plain)),
+        "SYS_PTRACE" => Some(Proof::Capture(&Mode::ALL, Setup::Plain)),
         // iptables-legacy's raw socket, in a pod whose netns holds legacy rules (without it
         // the agent cannot see them and steers with iptables-nft beside them).
-        "NET_RAW" => Some((&[Mode::Iptables], Setup::LegacyIptables)),
+        "NET_RAW" => Some(Proof::Capture(&[Mode::Iptables], Setup::LegacyIptables)),
+        // auto's probe makes a scratch cgroup in the cgroup2 root, which is mode 0555.
+        "DAC_OVERRIDE" => Some(Proof::AutoPicksEbpf),
         _ => None,
     }
 }
@@ -169,6 +177,7 @@ fn mask(caps: &[String]) -> Result<u64> {
         ("SYS_RESOURCE", 24),
         ("PERFMON", 38),
         ("BPF", 39),
+        ("DAC_OVERRIDE", 1),
     ];
     caps.iter().try_fold(0, |m, cap| {
         let name = cap.trim_start_matches("CAP_");
@@ -180,6 +189,13 @@ fn mask(caps: &[String]) -> Result<u64> {
     })
 }
 
+/// The DaemonSet's `redirect.mode: auto` finds eBPF workable with only the shipped
+/// capabilities (its probe loads and attaches every program on a scratch cgroup).
+#[test]
+fn auto_picks_ebpf_with_the_deployed_capabilities() {
+    assert_eq!(auto_mode(&deployed_capabilities()).unwrap(), "ebpf");
+}
+
 /// The shipped set captures in `mode` (and, in iptables mode, through iptables-legacy).
 fn deployed_capabilities_capture(mode: Mode) {
     let caps = deployed_capabilities();
@@ -189,23 +205,52 @@ fn deployed_capabilities_capture(mode: Mode) {
     }
 }
 
-/// Without any one of the shipped capabilities, capture fails where that capability is
-/// said to be needed; a capability no scenario needs has no place in the DaemonSet.
+/// Without any one of the shipped capabilities, what it is said to be needed for fails
+/// (capture in `mode`, or, once, `auto` picking eBPF); a capability no proof needs has no
+/// place in the DaemonSet.
 fn each_capability_is_needed(mode: Mode) {
     let caps = deployed_capabilities();
     for cap in &caps {
-        let Some((modes, setup)) = needed_in(cap) else {
-            panic!("{cap} is in deploy/ but no scenario here shows it is needed");
-        };
-        if !modes.contains(&mode) {
-            continue;
-        }
         let fewer: Vec<String> = caps.iter().filter(|c| *c != cap).cloned().collect();
-        match captured_with(mode, setup, &fewer) {
-            Ok(()) => panic!("{mode} mode captured without {cap}: it is not needed"),
-            Err(e) => eprintln!("without {cap}, {mode} mode fails as it should: {e:#}"),
+        match needed_for(cap) {
+            None => panic!("{cap} is in deploy/ but nothing here shows it is needed"),
+            Some(Proof::Capture(modes, setup)) if modes.contains(&mode) => {
+                match captured_with(mode, setup, &fewer) {
+                    Ok(()) => panic!("{mode} mode captured without {cap}: it is not needed"),
+                    Err(e) => eprintln!("without {cap}, {mode} mode fails as it should: {e:#}"),
+                }
+            }
+            Some(Proof::AutoPicksEbpf) if mode == Mode::Ebpf => {
+                let picked = auto_mode(&fewer).unwrap();
+                assert_ne!(
+                    picked, "ebpf",
+                    "auto found eBPF without {cap}: it is not needed"
+                );
+                eprintln!("without {cap}, auto falls back to {picked}, as it should");
+            }
+            Some(_) => {}
         }
     }
+}
+
+/// The mode `redirect.mode: auto` (the DaemonSet's) picks with `capabilities`.
+fn auto_mode(capabilities: &[String]) -> Result<String> {
+    let node = Node::new()?;
+    let a = node.add_pod("client-a")?;
+    let cfg = AgentConfig::new(&node).with(Workload::enrolled(&a));
+    ensure!(cfg.redirect.is_none(), "the default must be auto");
+    let launch = Launch {
+        capabilities: Some(capabilities.to_vec()),
+        ..Launch::default()
+    };
+    let agent = Agent::start_held(&node, cfg, &[], launch)?;
+    let metrics = agent.get_ok(METRICS, "/metrics")?;
+    let picked = metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix("sluice_redirect_mode{mode=\"")?;
+        let (mode, value) = rest.split_once("\"} ")?;
+        (value.trim() == "1").then(|| mode.to_owned())
+    });
+    picked.with_context(|| format!("no mode in use in /metrics:\n{metrics}"))
 }
 
 /// Families that appear only after traffic this suite does not make: HTTP through a
