@@ -2,7 +2,7 @@
 //! variables in a clean environment, the network config with a bridge plugin's prevResult on
 //! stdin, stdout parsed as JSON. Where the agent is present, a stand-in serves the agent's
 //! socket (`tests::cni::StandInAgent`) and the request it received is checked field by field;
-//! where it is away, the plugin must reach an API server to decide, and fail closed without.
+//! where it is away, the fake API server answers for the pod and its namespace.
 //! `sluice-cni install` / `uninstall` run on scratch directories.
 use std::path::Path;
 use std::process::Command;
@@ -13,6 +13,7 @@ use tests::cni::{
     CniDirs, Sandbox, Scratch, StandInAgent, bridge_result, cli, cni_bin, net_config, run_plugin,
     run_with_stdin, unreachable_kubeconfig,
 };
+use tests::kube_api::ApiServer;
 
 const NETNS: &str = "/var/run/netns/cni-0c1f";
 
@@ -409,6 +410,102 @@ fn the_cli_explains_itself() {
             run.stdout.contains(flag),
             "install --help lacks {flag}: {}",
             run.stdout
+        );
+    }
+}
+
+/// `shop` enrolls its pods by the namespace label, except `batch-0`, which opts out; `plain`
+/// is not labelled.
+const CLUSTER: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {kubernetes.io/metadata.name: shop, sluice.dev/mesh: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain, labels: {kubernetes.io/metadata.name: plain}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-7d9f, namespace: shop, uid: 6f1e2d3c-aaaa-4bbb-8ccc-0123456789ab, labels: {app: web}}
+spec: {containers: [{name: web, image: web:1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: batch-0, namespace: shop, uid: 11111111-2222-4333-8444-555555555555, labels: {sluice.dev/mesh: disabled}}
+spec: {containers: [{name: batch, image: batch:1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-0, namespace: plain, uid: 99999999-8888-4777-8666-555555555555}
+spec: {containers: [{name: api, image: api:1}]}
+";
+
+/// The fake API server holding [`CLUSTER`], and the plugin's config pointing at it with no
+/// agent on the socket.
+fn agent_away(dir: &Path) -> (ApiServer, Value) {
+    let api = ApiServer::start().unwrap();
+    api.apply(CLUSTER).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let mut conf = config("1.0.0", &dir.join("absent.sock"));
+    conf["kubeconfig"] = json!(kubeconfig);
+    (api, conf)
+}
+
+#[test]
+fn agent_away_and_a_pod_that_must_be_captured_fails_with_try_again_later() {
+    let dir = Scratch::new("cni-away-captured").unwrap();
+    let (api, conf) = agent_away(dir.path());
+    let err = run_plugin("ADD", &sandbox(), &conf)
+        .unwrap()
+        .cni_error()
+        .unwrap();
+    assert_eq!(err["code"], 11, "{err:#}");
+    assert_eq!(
+        err["msg"],
+        "the Sluice agent on this node is not running, and pod shop/web-7d9f must be captured; \
+         retrying the sandbox once it is up"
+    );
+    assert!(
+        err["details"].as_str().unwrap().contains("namespace label"),
+        "{err:#}"
+    );
+    let asked: Vec<String> = api.requests().into_iter().map(|r| r.path).collect();
+    for path in [
+        "/api/v1/namespaces/shop/pods/web-7d9f",
+        "/api/v1/namespaces/shop",
+    ] {
+        assert!(asked.iter().any(|p| p == path), "no GET {path}: {asked:?}");
+    }
+    // CHECK judges the same way: the pod must be captured and nothing captures it.
+    let err = run_plugin("CHECK", &sandbox(), &conf)
+        .unwrap()
+        .cni_error()
+        .unwrap();
+    assert_eq!(err["code"], 11, "{err:#}");
+}
+
+#[test]
+fn agent_away_and_a_pod_outside_the_mesh_is_passed_through() {
+    let dir = Scratch::new("cni-away-plain").unwrap();
+    let (_api, conf) = agent_away(dir.path());
+    let unlabelled = Sandbox::pod("plain", "api-0", "99999999-8888-4777-8666-555555555555");
+    let opted_out = Sandbox::pod("shop", "batch-0", "11111111-2222-4333-8444-555555555555");
+    for sb in [unlabelled, opted_out] {
+        let run = run_plugin(
+            "ADD",
+            &Sandbox {
+                netns: NETNS.into(),
+                ..sb
+            },
+            &conf,
+        )
+        .unwrap();
+        assert_eq!(
+            run.ok_json().unwrap(),
+            bridge_result("1.0.0", NETNS),
+            "{run:#?}"
         );
     }
 }
