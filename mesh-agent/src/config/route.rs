@@ -42,6 +42,16 @@ pub struct ParentReference {
     pub port: Option<u16>,
 }
 
+/// Filters are refused (the proxy cannot apply them), so the CRDs' schema refuses them too:
+/// the API server rejects such a route when it is applied instead of storing it unused.
+fn no_filters(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 0,
+        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
 fn service_kind() -> String {
     "Service".into()
 }
@@ -54,7 +64,7 @@ pub struct HttpRouteRule {
     #[serde(default)]
     pub matches: Vec<HttpRouteMatch>,
     #[serde(default)]
-    #[schemars(with = "Vec<serde_json::Value>")]
+    #[schemars(schema_with = "no_filters")]
     pub filters: Vec<serde_yaml_ng::Value>,
     /// Where matching requests go, split by weight; none: the parent service itself.
     #[serde(default)]
@@ -136,7 +146,7 @@ pub struct HttpBackendRef {
     #[serde(default = "one")]
     pub weight: u32,
     #[serde(default)]
-    #[schemars(with = "Vec<serde_json::Value>")]
+    #[schemars(schema_with = "no_filters")]
     pub filters: Vec<serde_yaml_ng::Value>,
 }
 
