@@ -153,9 +153,20 @@ impl ApiServer {
         )
     }
 
+    /// Writes [`ApiServer::kubeconfig`] to `path`, with a `certificate-authority` beside it
+    /// (`<path>.ca.pem`, a throwaway self-signed certificate). The server speaks plain HTTP,
+    /// so the CA is never used; but kube-rs without one loads the system's roots, and the
+    /// kernel VMs' guests have none.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.kubeconfig())
-            .with_context(|| format!("writing {}", path.display()))
+        let ca = path.with_extension("ca.pem");
+        let certified = rcgen::generate_simple_self_signed(vec!["sluice-test".to_string()])
+            .context("making the kubeconfig's CA")?;
+        std::fs::write(&ca, certified.cert.pem())
+            .with_context(|| format!("writing {}", ca.display()))?;
+        let server = format!("    server: {}\n", self.url());
+        let with_ca = format!("{server}    certificate-authority: {}\n", ca.display());
+        let text = self.kubeconfig().replacen(&server, &with_ca, 1);
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Creates or replaces every object in `yaml_or_json` (several YAML documents, or a
