@@ -22,12 +22,13 @@ pub struct Binaries {
 
 /// A cargo build of the VM binaries. An explicit `--target` keeps RUSTFLAGS away from build
 /// scripts and proc-macros (they must stay dynamic host programs), and `target/vm` keeps the
-/// host build's cache valid.
+/// host build's cache valid. Everything is built with the workspace's `vm` profile: one
+/// build of the dependencies serves the agent and the tests, optimised enough for TCG.
 fn cargo(root: &Path, subcommand: &str) -> Command {
     let mut cargo = cmd::cargo(root);
     cargo
         .arg(subcommand)
-        .args(["--target", TARGET, "--target-dir"])
+        .args(["--profile", "vm", "--target", TARGET, "--target-dir"])
         .arg(root.join("target/vm"))
         .arg("--message-format=json-render-diagnostics")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -39,16 +40,11 @@ fn cargo(root: &Path, subcommand: &str) -> Command {
 /// Builds everything; `only` restricts the integration tests to those target names.
 pub fn build(root: &Path, only: &[String]) -> Result<Binaries> {
     eprintln!("xtask: vm: building static binaries in target/vm");
-    // The agent as it ships (release): a debug build's TLS and HTTP/2 under TCG emulation
-    // is too slow for the 500-connection mesh scenario's timeouts.
-    let agent_out = cmd::stdout(cargo(root, "build").args([
-        "--release",
-        "-p",
-        "mesh-agent",
-        "--bin",
-        "mesh-agent",
-    ]))
-    .context("cannot build a static mesh-agent")?;
+    // Optimised (the `vm` profile): a debug build's TLS and HTTP/2 under TCG emulation is
+    // too slow for the 500-connection mesh scenario's timeouts.
+    let agent_out =
+        cmd::stdout(cargo(root, "build").args(["-p", "mesh-agent", "--bin", "mesh-agent"]))
+            .context("cannot build a static mesh-agent")?;
     let agent = executables(&agent_out)
         .into_iter()
         .find(|art| art.kind == "bin" && art.name == "mesh-agent" && !art.test)
