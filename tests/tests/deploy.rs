@@ -8,23 +8,23 @@
 //! The pod's netns is given as `/proc/<pid>/ns/net` of a process in the pod, as the
 //! Kubernetes source finds it: opening it needs ptrace access to that process.
 //!
-//! Not yet held as in a container: `/proc/sys` read-only, which blocks enrollment today
-//! (`read_only_proc_sys_still_blocks_enrollment`). Also: the Grafana dashboard's metrics
-//! exist in a running agent.
+//! `/proc/sys` is read-only as in any unprivileged container, with the host's
+//! `/proc/sys/net` mounted writable where the agent's `procSysNet` says, as the DaemonSet
+//! mounts it. Also: the Grafana dashboard's metrics exist in a running agent.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
-use tests::agent::{Launch, METRICS};
+use tests::agent::{ContainerProcSys, Launch, METRICS};
 use tests::netfilter::{Found, expect_rules, in_pod, ours};
 use tests::scenario::{addr, assert_transparent};
 use tests::{Agent, AgentConfig, Mode, Node, Snapshot, Workload};
 
 tests::in_every_mode!(deployed_capabilities_capture, each_capability_is_needed);
 
-/// The agent container's `capabilities.add`, after checking it drops everything else.
-fn deployed_capabilities() -> Vec<String> {
+/// `kubectl kustomize deploy/`, one JSON value per document.
+fn kustomized() -> Vec<serde_json::Value> {
     let root = tests::workspace_root();
     let out = std::process::Command::new("kubectl")
         .arg("kustomize")
@@ -37,26 +37,39 @@ fn deployed_capabilities() -> Vec<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-        let doc = serde_json::Value::deserialize(doc).unwrap();
-        if doc["kind"] != "DaemonSet" {
-            continue;
-        }
-        let containers = doc["spec"]["template"]["spec"]["containers"]
-            .as_array()
-            .unwrap();
-        let agent = containers.iter().find(|c| c["name"] == "agent").unwrap();
-        let sc = &agent["securityContext"];
-        assert_ne!(sc["privileged"], true, "{sc}");
-        assert_eq!(
-            sc["capabilities"]["drop"],
-            serde_json::json!(["ALL"]),
-            "{sc}"
-        );
-        let add = sc["capabilities"]["add"].as_array().unwrap();
-        return add.iter().map(|c| c.as_str().unwrap().to_owned()).collect();
-    }
-    panic!("no DaemonSet in deploy/");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
+        .collect()
+}
+
+fn daemonset(docs: &[serde_json::Value]) -> &serde_json::Value {
+    (docs.iter())
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("no DaemonSet in deploy/")
+}
+
+/// The DaemonSet's `agent` container.
+fn agent_container(docs: &[serde_json::Value]) -> &serde_json::Value {
+    let containers = daemonset(docs)["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("the DaemonSet's containers");
+    (containers.iter())
+        .find(|c| c["name"] == "agent")
+        .expect("no agent container")
+}
+
+/// The agent container's `capabilities.add`, after checking it drops everything else.
+fn deployed_capabilities() -> Vec<String> {
+    let docs = kustomized();
+    let sc = &agent_container(&docs)["securityContext"];
+    assert_ne!(sc["privileged"], true, "{sc}");
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{sc}"
+    );
+    let add = sc["capabilities"]["add"].as_array().unwrap();
+    add.iter().map(|c| c.as_str().unwrap().to_owned()).collect()
 }
 
 /// What fails without a capability: capture in some modes, or `auto` finding eBPF.
@@ -94,14 +107,41 @@ enum Setup {
 /// An agent holding `capabilities` captures client-a's connection to server-b (`Err` says
 /// why not: the agent did not start, or did not capture).
 fn captured_with(mode: Mode, setup: Setup, capabilities: &[String]) -> Result<()> {
-    let launch = Launch {
-        capabilities: Some(capabilities.to_vec()),
-        ..Launch::default()
-    };
-    captured_held(mode, setup, launch)
+    captured_held(mode, setup, capabilities, ProcSys::AsDeployed)
 }
 
-fn captured_held(mode: Mode, setup: Setup, launch: Launch) -> Result<()> {
+/// What the agent can write under `/proc/sys`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ProcSys {
+    /// As the DaemonSet has it (see [`as_deployed`]).
+    AsDeployed,
+    /// Read-only, with no mount of the host's `/proc/sys/net` (nor `procSysNet`).
+    ReadOnly,
+}
+
+/// The agent held as the DaemonSet holds it: exactly `capabilities`, `/proc/sys`
+/// read-only as in any unprivileged container, and the host's `/proc/sys/net` mounted
+/// writable and given as `procSysNet` (checked against deploy/ by
+/// `the_daemonset_mounts_the_hosts_proc_sys_net_at_proc_sys_net`).
+fn as_deployed(node: &Node, capabilities: &[String], cfg: AgentConfig) -> (Launch, AgentConfig) {
+    let host_net = node.workdir().join("host-proc-sys-net");
+    let launch = Launch {
+        capabilities: Some(capabilities.to_vec()),
+        proc_sys: Some(ContainerProcSys::WithHostNetAt(host_net.clone())),
+    };
+    let cfg = AgentConfig {
+        proc_sys_net: Some(host_net),
+        ..cfg
+    };
+    (launch, cfg)
+}
+
+fn captured_held(
+    mode: Mode,
+    setup: Setup,
+    capabilities: &[String],
+    proc_sys: ProcSys,
+) -> Result<()> {
     let node = Node::new()?;
     let a = node.add_pod("client-a")?;
     let b = node.add_pod("server-b")?;
@@ -121,16 +161,24 @@ fn captured_held(mode: Mode, setup: Setup, launch: Launch) -> Result<()> {
         .mode(mode)
         .with(client)
         .with(Workload::known(&b));
-    let agent = Agent::start_held(&node, cfg.clone(), &[], launch.clone())?;
+    let (launch, cfg) = match proc_sys {
+        ProcSys::AsDeployed => as_deployed(&node, capabilities, cfg),
+        ProcSys::ReadOnly => {
+            let launch = Launch {
+                capabilities: Some(capabilities.to_vec()),
+                proc_sys: Some(ContainerProcSys::ReadOnly),
+            };
+            (launch, cfg)
+        }
+    };
+    let agent = Agent::start_held(&node, cfg.clone(), &[], launch)?;
     // A mismatch is the test bed's fault, never a capability's: it must not pass for one.
-    if let Some(caps) = &launch.capabilities {
-        let pid = agent.pid().context("the agent has no pid")?;
-        assert_eq!(
-            held_capabilities(pid)?,
-            mask(caps)?,
-            "CapEff of the agent, for {caps:?}"
-        );
-    }
+    let pid = agent.pid().context("the agent has no pid")?;
+    assert_eq!(
+        held_capabilities(pid)?,
+        mask(capabilities)?,
+        "CapEff of the agent, for {capabilities:?}"
+    );
     match setup {
         Setup::Plain => expect_rules(&node, &cfg),
         // Steering in the flavour the pod already uses: nf_tables rules beside legacy
@@ -143,6 +191,14 @@ fn captured_held(mode: Mode, setup: Setup, launch: Launch) -> Result<()> {
         },
     }
     .with_context(|| format!("log:\n{}", agent.log_tail(20)))?;
+    // Written through procSysNet, the delivery sysctls land in the pod's netns.
+    let fwmark_accept = tests::netns::run_in(&a.netns_path(), || {
+        Ok(std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fwmark_accept")?)
+    })?;
+    ensure!(
+        fwmark_accept.trim() == "1",
+        "client-a's tcp_fwmark_accept is {fwmark_accept:?}"
+    );
     let before = Snapshot::take(&agent)?;
     let target = addr(b.ip(), 8080);
     let r = a.dial_one(target, 4096)?;
@@ -239,10 +295,7 @@ fn auto_mode(capabilities: &[String]) -> Result<String> {
     let a = node.add_pod("client-a")?;
     let cfg = AgentConfig::new(&node).with(Workload::enrolled(&a));
     ensure!(cfg.redirect.is_none(), "the default must be auto");
-    let launch = Launch {
-        capabilities: Some(capabilities.to_vec()),
-        ..Launch::default()
-    };
+    let (launch, cfg) = as_deployed(&node, capabilities, cfg);
     let agent = Agent::start_held(&node, cfg, &[], launch)?;
     let metrics = agent.get_ok(METRICS, "/metrics")?;
     let picked = metrics.lines().find_map(|l| {
@@ -345,19 +398,50 @@ fn exported_names(text: &str) -> Vec<String> {
     names
 }
 
-/// What the test bed does not yet hold the agent to: container runtimes mount `/proc/sys`
-/// read-only in an unprivileged container, and the agent writes each pod's delivery
-/// sysctls (`net.ipv4.tcp_fwmark_accept`, `fwmark_reflect`) under `/proc/sys/net` after
-/// entering its netns, so in a real DaemonSet no pod can be enrolled. This pins that gap:
-/// once the agent writes them through a path a container can write, this fails, and
-/// `readonly_proc_sys` belongs in `captured_with` for every scenario above.
+/// Without the host's `/proc/sys/net` (an unprivileged container's `/proc/sys` is
+/// read-only), no pod can be enrolled: the agent says which sysctl it could not set and
+/// through which path, rather than steering a pod whose deliveries would not return.
 #[test]
-fn read_only_proc_sys_still_blocks_enrollment() {
-    let launch = Launch {
-        capabilities: Some(deployed_capabilities()),
-        readonly_proc_sys: true,
-    };
-    let err = captured_held(Mode::Nftables, Setup::Plain, launch).unwrap_err();
+fn a_read_only_proc_sys_net_fails_enrollment_with_the_path() {
+    let err = captured_held(
+        Mode::Nftables,
+        Setup::Plain,
+        &deployed_capabilities(),
+        ProcSys::ReadOnly,
+    )
+    .unwrap_err();
     let err = format!("{err:#}");
-    assert!(err.contains("Read-only file system"), "{err}");
+    for part in [
+        "setting net.ipv4.tcp_fwmark_accept through /proc/sys/net/ipv4/tcp_fwmark_accept",
+        "Read-only file system",
+    ] {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+}
+
+/// The DaemonSet gives the agent a writable `/proc/sys/net`: the agent container mounts
+/// the host's (hostPath `/proc/sys/net`, not read-only) where the shipped agent.yaml's
+/// `procSysNet` says.
+#[test]
+fn the_daemonset_mounts_the_hosts_proc_sys_net_at_proc_sys_net() {
+    let docs = kustomized();
+    let configmap = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["agent.yaml"].is_string())
+        .expect("a ConfigMap with agent.yaml");
+    let file: serde_json::Value =
+        serde_yaml_ng::from_str(configmap["data"]["agent.yaml"].as_str().unwrap()).unwrap();
+    let proc_sys_net = file["procSysNet"]
+        .as_str()
+        .expect("procSysNet in agent.yaml");
+    let pod = &daemonset(&docs)["spec"]["template"]["spec"];
+    let agent = agent_container(&docs);
+    let mount = (agent["volumeMounts"].as_array().unwrap().iter())
+        .find(|m| m["mountPath"] == proc_sys_net)
+        .unwrap_or_else(|| panic!("nothing mounted at {proc_sys_net}"));
+    assert_ne!(mount["readOnly"], true, "{mount}");
+    let volume = (pod["volumes"].as_array().unwrap().iter())
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("no volume {}", mount["name"]));
+    assert_eq!(volume["hostPath"]["path"], "/proc/sys/net", "{volume}");
 }

@@ -8,6 +8,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsFd, BorrowedFd},
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -45,15 +46,23 @@ pub struct Enrollment {
     redirect: Arc<Router>,
     proxy: Arc<ProxyContext>,
     metrics: Arc<Metrics>,
+    /// Where each pod's delivery sysctls are written (`procSysNet`).
+    proc_sys_net: PathBuf,
     pods: BTreeMap<WorkloadKey, Captured>,
 }
 
 impl Enrollment {
-    pub fn new(redirect: Arc<Router>, proxy: Arc<ProxyContext>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        redirect: Arc<Router>,
+        proxy: Arc<ProxyContext>,
+        metrics: Arc<Metrics>,
+        proc_sys_net: PathBuf,
+    ) -> Self {
         Self {
             redirect,
             proxy,
             metrics,
+            proc_sys_net,
             pods: BTreeMap::new(),
         }
     }
@@ -154,7 +163,7 @@ impl Enrollment {
             exclude_inbound_ports: workload.exclude_inbound_ports.clone(),
         };
         let netns = Netns::open(netns_path)?;
-        delivery::prepare_netns(&netns, ipv6.is_some())
+        delivery::prepare_netns(&netns, ipv6.is_some(), &self.proc_sys_net)
             .context("installing the return route for inbound delivery")?;
         let pod = Arc::new(Pod {
             workload: workload.clone(),

@@ -79,7 +79,12 @@ pub async fn run(config_path: &Path, node: Option<String>, logs: LogControl) -> 
         }
     };
     let proxy = ProxyContext::new(metrics.clone(), &config, identities.clone());
-    let mut enrollment = Enrollment::new(redirect.clone(), proxy.clone(), metrics.clone());
+    let mut enrollment = Enrollment::new(
+        redirect.clone(),
+        proxy.clone(),
+        metrics.clone(),
+        config.proc_sys_net.clone(),
+    );
     enrollment.reconcile(&config).await;
     enrollment.drop_stale_steering();
     let (captured_tx, captured) = watch::channel(enrollment.captured());
@@ -281,6 +286,7 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
         ("node", old.node != new.node),
         ("cgroupRoot", old.cgroup_root != new.cgroup_root),
         ("bpffsRoot", old.bpffs_root != new.bpffs_root),
+        ("procSysNet", old.proc_sys_net != new.proc_sys_net),
         ("adminAddress", old.admin_address != new.admin_address),
         ("metricsAddress", old.metrics_address != new.metrics_address),
         (

@@ -44,6 +44,7 @@ pub fn config(workloads: Vec<Workload>, authz_yaml: &str, peer_yaml: &str) -> Co
         node: "node-a".into(),
         cgroup_root: None,
         bpffs_root: PathBuf::from("/sys/fs/bpf/sluice"),
+        proc_sys_net: PathBuf::from("/proc/sys/net"),
         admin_address: SocketAddr::from(([127, 0, 0, 1], 15000)),
         metrics_address: SocketAddr::from(([0, 0, 0, 0], 15020)),
         readiness_address: SocketAddr::from(([0, 0, 0, 0], 15021)),

@@ -155,6 +155,7 @@ mod tests {
         assert_eq!(cfg.metrics_address.port(), 15020);
         assert_eq!(cfg.admin_address.to_string(), "127.0.0.1:15000");
         assert_eq!(cfg.proxy.connect_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.proc_sys_net, Path::new("/proc/sys/net"));
         assert!(cfg.workloads.is_empty());
     }
 

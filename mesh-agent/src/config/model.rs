@@ -26,6 +26,10 @@ pub struct Config {
     /// Where the eBPF programs attach. `None`: the cgroup2 mount root.
     pub cgroup_root: Option<PathBuf>,
     pub bpffs_root: PathBuf,
+    /// The `/proc/sys/net` the agent writes each pod's delivery sysctls through, from inside
+    /// the pod's netns (the files there belong to the writer's netns). A container's own
+    /// `/proc/sys` is read-only, so the DaemonSet mounts the host's at `/host/proc/sys/net`.
+    pub proc_sys_net: PathBuf,
     pub admin_address: SocketAddr,
     pub metrics_address: SocketAddr,
     pub readiness_address: SocketAddr,
@@ -262,6 +266,9 @@ mod defaults {
     pub fn bpffs_root() -> PathBuf {
         PathBuf::from("/sys/fs/bpf/sluice")
     }
+    pub fn proc_sys_net() -> PathBuf {
+        PathBuf::from("/proc/sys/net")
+    }
     pub fn admin() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 15000))
     }
@@ -287,6 +294,8 @@ struct RawConfig {
     cgroup_root: Option<PathBuf>,
     #[serde(default = "defaults::bpffs_root")]
     bpffs_root: PathBuf,
+    #[serde(default = "defaults::proc_sys_net")]
+    proc_sys_net: PathBuf,
     #[serde(default = "defaults::admin")]
     admin_address: SocketAddr,
     #[serde(default = "defaults::metrics")]
@@ -364,6 +373,7 @@ impl TryFrom<RawConfig> for Config {
             node: raw.node,
             cgroup_root: raw.cgroup_root,
             bpffs_root: raw.bpffs_root,
+            proc_sys_net: raw.proc_sys_net,
             admin_address: raw.admin_address,
             metrics_address: raw.metrics_address,
             readiness_address: raw.readiness_address,

@@ -14,6 +14,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -67,8 +68,14 @@ impl Drop for Exempted {
 pub enum PrepareError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("setting net.{sysctl}: {error}")]
-    Sysctl { sysctl: String, error: io::Error },
+    /// In a container, a read-only file system here means `procSysNet` is the container's
+    /// own `/proc/sys/net` rather than a mount of the host's.
+    #[error("setting net.{sysctl} through {}: {error}", path.display())]
+    Sysctl {
+        sysctl: String,
+        path: PathBuf,
+        error: io::Error,
+    },
     #[error(transparent)]
     Route(#[from] exec::ExecError),
 }
@@ -76,16 +83,19 @@ pub enum PrepareError {
 /// Installs the return route for deliveries in the pod's netns (idempotent). It stays when
 /// the pod leaves the mesh: connections delivered before still need it, and it only ever
 /// matches the proxy's own marked sockets.
-pub fn prepare_netns(netns: &Netns, ipv6: bool) -> Result<(), PrepareError> {
+/// The sysctls are written through `proc_sys_net` (a `/proc/sys/net`) from inside the netns.
+pub fn prepare_netns(netns: &Netns, ipv6: bool, proc_sys_net: &Path) -> Result<(), PrepareError> {
     let mut sysctls = vec!["ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect"];
     if ipv6 {
         sysctls.push("ipv6/fwmark_reflect");
     }
     for sysctl in sysctls {
+        let path = proc_sys_net.join(sysctl);
         netns
-            .run(|| std::fs::write(format!("/proc/sys/net/{sysctl}"), "1"))?
+            .run(|| std::fs::write(&path, "1"))?
             .map_err(|error| PrepareError::Sysctl {
                 sysctl: sysctl.replace('/', "."),
+                path,
                 error,
             })?;
     }

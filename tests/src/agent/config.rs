@@ -18,6 +18,9 @@ pub struct AgentConfig {
     pub cgroup_root: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpffs_root: Option<PathBuf>,
+    /// `None`: the agent's default, `/proc/sys/net`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proc_sys_net: Option<PathBuf>,
     pub admin_address: String,
     pub metrics_address: String,
     pub readiness_address: String,
@@ -206,6 +209,7 @@ impl AgentConfig {
             node: node.name().to_string(),
             cgroup_root: node.cgroup_root(),
             bpffs_root: None,
+            proc_sys_net: None,
             admin_address: ADMIN.into(),
             metrics_address: "0.0.0.0:15020".into(),
             readiness_address: "0.0.0.0:15021".into(),

@@ -42,16 +42,31 @@ pub struct Launch {
     /// this `add` holds them: the bounding and inheritable sets, so a root process has
     /// them (and its children as well) and cannot regain others. `None`: all of them.
     pub capabilities: Option<Vec<String>>,
-    /// `/proc/sys` read-only, as container runtimes mount it for an unprivileged
-    /// container (in a mount namespace of the agent's own).
-    pub readonly_proc_sys: bool,
+    /// `/proc/sys` as a container sees it; `None`: the host's, writable.
+    pub proc_sys: Option<ContainerProcSys>,
+}
+
+/// `/proc/sys` read-only, as container runtimes mount it for an unprivileged container
+/// (in a mount namespace of the agent's own).
+#[derive(Clone, Debug)]
+pub enum ContainerProcSys {
+    /// Nothing writable under it.
+    ReadOnly,
+    /// The host's `/proc/sys/net` mounted writable at this path, as the DaemonSet's
+    /// `proc-sys-net` volume is (give the agent the path as `procSysNet`).
+    WithHostNetAt(PathBuf),
 }
 
 impl Launch {
     /// The command that starts `program` held this way (through `setpriv`, `unshare`).
     fn command(&self, program: &Path) -> Command {
         let mut argv: Vec<String> = Vec::new();
-        if self.readonly_proc_sys {
+        if let Some(proc_sys) = &self.proc_sys {
+            // `$1`: where the host's /proc/sys/net goes, or empty for nowhere.
+            let host_net = match proc_sys {
+                ContainerProcSys::ReadOnly => String::new(),
+                ContainerProcSys::WithHostNetAt(path) => path.display().to_string(),
+            };
             argv.extend(
                 [
                     "unshare",
@@ -61,9 +76,11 @@ impl Launch {
                     "--",
                     "sh",
                     "-c",
-                    "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys \
-                     && exec \"$@\"",
+                    "if [ -n \"$1\" ]; then mkdir -p \"$1\" && mount --bind /proc/sys/net \"$1\"; fi \
+                     && mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys \
+                     && shift && exec \"$@\"",
                     "sh",
+                    &host_net,
                 ]
                 .map(String::from),
             );
