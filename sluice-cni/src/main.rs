@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use sluice_cni::install::kubeconfig::{self, ServiceAccount};
 use sluice_cni::install::{self, Entry, PLUGIN_TYPE, files, watch::Watch};
 use sluice_cni::plugin::{self, Live};
 use sluice_cni::protocol::DEFAULT_SOCKET;
@@ -134,10 +135,25 @@ struct InstallArgs {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     agent_socket: PathBuf,
     /// A kubeconfig on the host that can get pods and namespaces (our entry's kubeconfig):
-    /// used only when the agent is not running, to decide by the pod's labels. Without it a
-    /// pod created while the agent is down fails until the agent is up.
-    #[arg(long, value_name = "PATH")]
+    /// used only when the agent is not running, to decide by the pod's labels. Without it
+    /// (or --service-account-kubeconfig) a pod created while the agent is down fails until
+    /// the agent is up.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "service_account_kubeconfig"
+    )]
     kubeconfig: Option<PathBuf>,
+    /// Write that kubeconfig from this pod's service account (its token and CA, and
+    /// KUBERNETES_SERVICE_HOST/PORT) as sluice-kubeconfig in the conf dir, and keep it
+    /// current as kubelet rotates the token (with --watch). The account needs `get` on pods
+    /// and namespaces.
+    #[arg(long)]
+    service_account_kubeconfig: bool,
+    /// Where the runtime on the host finds --conf-dir: the written kubeconfig's path in our
+    /// entry.
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    host_conf_dir: PathBuf,
     /// How long ADD waits for the agent (our entry's timeout; the plugin's default is 30s).
     #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     timeout: Option<String>,
@@ -193,9 +209,19 @@ impl Command {
 fn install(args: InstallArgs) -> Result<()> {
     let source = std::env::current_exe().context("cannot find this executable")?;
     let binary = args.dirs.bin_dir.join(PLUGIN_TYPE);
+    let account = match args.service_account_kubeconfig {
+        true => Some(ServiceAccount::in_cluster(PathBuf::from(
+            kubeconfig::SERVICE_ACCOUNT_DIR,
+        ))?),
+        false => None,
+    };
+    let written = account.map(|account| (args.dirs.conf_dir.join(kubeconfig::FILE_NAME), account));
     let entry = Entry {
         agent_socket: Some(args.agent_socket),
-        kubeconfig: args.kubeconfig,
+        kubeconfig: match &written {
+            Some(_) => Some(args.host_conf_dir.join(kubeconfig::FILE_NAME)),
+            None => args.kubeconfig,
+        },
         timeout: args.timeout,
         log_level: args.log_level,
     }
@@ -209,11 +235,16 @@ fn install(args: InstallArgs) -> Result<()> {
             binary,
             conf_dir: &args.dirs.conf_dir,
             entry: &entry,
+            kubeconfig: written,
             interval: args.interval,
             keep_binary: args.keep_binary,
         }
         .run()
         .map_err(Into::into);
+    }
+    if let Some((path, account)) = &written {
+        kubeconfig::ensure(path, account)?;
+        tracing::info!("wrote {} from the service account", path.display());
     }
     let change = install::ensure_chained(&args.dirs.conf_dir, &entry)?;
     tracing::info!("chained into the runtime's config: {change:?}");

@@ -393,6 +393,36 @@ fn install_watch_puts_the_entry_back_after_the_primary_rewrites_and_uninstalls_o
     assert!(!dirs.bin.join("sluice-cni").exists());
 }
 
+/// Outside a pod (no `KUBERNETES_SERVICE_HOST`), `--service-account-kubeconfig` says what
+/// is missing and changes nothing; it and `--kubeconfig` exclude each other.
+#[test]
+fn install_from_the_service_account_outside_a_cluster_says_what_is_missing() {
+    let dirs = CniDirs::new("cni-install-sa").unwrap();
+    std::fs::write(dirs.conf.join("10-flannel.conflist"), FLANNEL).unwrap();
+    let mut cmd = Command::new(cni_bin().unwrap());
+    cmd.env_remove("CNI_COMMAND")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .args(["install", "--service-account-kubeconfig", "--bin-dir"])
+        .arg(&dirs.bin)
+        .arg("--conf-dir")
+        .arg(&dirs.conf);
+    let run = run_with_stdin(cmd, b"").unwrap();
+    assert_ne!(run.status, 0, "{run:#?}");
+    assert!(
+        run.stderr.contains("KUBERNETES_SERVICE_HOST is not set"),
+        "{run:#?}"
+    );
+    assert_eq!(dirs.names().unwrap(), ["10-flannel.conflist"]);
+    assert_eq!(dirs.read("10-flannel.conflist").unwrap(), FLANNEL);
+
+    let mut both = KUBECONFIG.to_vec();
+    both.push("--service-account-kubeconfig");
+    let run = dirs.install(&both).unwrap();
+    assert_ne!(run.status, 0, "{run:#?}");
+    assert!(run.stderr.contains("cannot be used with"), "{run:#?}");
+}
+
 #[test]
 fn the_cli_explains_itself() {
     let run = cli(&["--help"]).unwrap();
@@ -405,7 +435,13 @@ fn the_cli_explains_itself() {
         );
     }
     let run = cli(&["install", "--help"]).unwrap();
-    for flag in ["--bin-dir", "--conf-dir", "--kubeconfig", "--watch"] {
+    for flag in [
+        "--bin-dir",
+        "--conf-dir",
+        "--kubeconfig",
+        "--service-account-kubeconfig",
+        "--watch",
+    ] {
         assert!(
             run.stdout.contains(flag),
             "install --help lacks {flag}: {}",

@@ -193,7 +193,9 @@ fn captured_held(
     .with_context(|| format!("log:\n{}", agent.log_tail(20)))?;
     // Written through procSysNet, the delivery sysctls land in the pod's netns.
     let fwmark_accept = tests::netns::run_in(&a.netns_path(), || {
-        Ok(std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fwmark_accept")?)
+        Ok(std::fs::read_to_string(
+            "/proc/sys/net/ipv4/tcp_fwmark_accept",
+        )?)
     })?;
     ensure!(
         fwmark_accept.trim() == "1",

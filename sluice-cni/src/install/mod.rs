@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 pub mod conflist;
 pub mod files;
+pub mod kubeconfig;
 pub mod watch;
 
 /// Our entry's `type`: the binary's name in the CNI bin dir.
@@ -69,6 +70,12 @@ pub enum InstallError {
     WouldOverwrite { from: PathBuf, to: PathBuf },
     #[error("cannot wait for signals")]
     Signals(#[source] std::io::Error),
+    #[error(
+        "{0} is not set: a kubeconfig from the service account needs the pod's in-cluster environment"
+    )]
+    NotInCluster(&'static str),
+    #[error("{} holds no service account token", .0.display())]
+    BadToken(PathBuf),
 }
 
 /// What [`ensure_chained`] did.
@@ -147,7 +154,8 @@ pub fn uninstall(conf_dir: &Path, binary: Option<&Path>) -> Result<Vec<PathBuf>,
 }
 
 /// Takes our entry out of every config in `conf_dir`, restoring each file's original bytes
-/// where nothing else changed, and drops the copies kept for that. Returns the files changed.
+/// where nothing else changed, and drops the copies kept for that and the kubeconfig written
+/// from the service account. Returns the files changed.
 pub fn uninstall_chain(conf_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     let mut changed = Vec::new();
     for file in files::config_files(conf_dir)? {
@@ -162,7 +170,10 @@ pub fn uninstall_chain(conf_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     for entry in std::fs::read_dir(conf_dir).map_err(read_err)? {
         let path = entry.map_err(read_err)?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.ends_with(BACKUP_SUFFIX) || name.ends_with(".sluice-cni.tmp") {
+        if name.ends_with(BACKUP_SUFFIX)
+            || name.ends_with(".sluice-cni.tmp")
+            || name == kubeconfig::FILE_NAME
+        {
             files::remove(&path)?;
         }
     }

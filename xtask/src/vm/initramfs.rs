@@ -198,8 +198,9 @@ fn static_key_holder() -> String {
     format!(
         r#"hold_static_keys() {{
   keys=/sys/fs/cgroup/sluice-vm-keys
-  mkdir -p "$keys/agent" "$keys/pod" && ip netns add sluice-vm-keys &&
-    ip -n sluice-vm-keys link set lo up || return 1
+  # iproute2's ip by path: busybox sh runs its own applet for a bare `ip`.
+  mkdir -p "$keys/agent" "$keys/pod" && /usr/sbin/ip netns add sluice-vm-keys &&
+    /usr/sbin/ip -n sluice-vm-keys link set lo up || return 1
   cat > /tmp/vm-keys.yaml <<'EOF'
 node: vm-keys
 cgroupRoot: /sys/fs/cgroup/sluice-vm-keys
