@@ -529,8 +529,20 @@ impl TryFrom<RawWorkload> for Workload {
                 .netns
                 .as_ref()
                 .ok_or_else(|| format!("netns: {who} is enrolled and needs its netns path"))?;
-            if !netns.exists() {
-                return Err(format!("netns: {who}: {} does not exist", netns.display()));
+            if let Err(error) = std::fs::metadata(netns) {
+                return Err(match error.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        format!("netns: {who}: {} does not exist", netns.display())
+                    }
+                    // /proc/<pid>/ns/net of a process holding capabilities the agent does
+                    // not: say so, not that it is missing.
+                    std::io::ErrorKind::PermissionDenied => format!(
+                        "netns: {who}: {}: {error} (opening another process's netns needs ptrace \
+                         access: CAP_SYS_PTRACE)",
+                        netns.display()
+                    ),
+                    _ => format!("netns: {who}: {}: {error}", netns.display()),
+                });
             }
             let cgroup = raw
                 .cgroup
