@@ -33,6 +33,7 @@ pub mod pod;
 pub mod precheck;
 pub mod proc;
 pub mod scenario;
+pub mod serve;
 pub mod sock;
 pub mod sweep;
 pub mod tcp_flows;

@@ -12,8 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -103,7 +101,15 @@ impl OtlpReceiver {
         let state = shared.clone();
         let thread = std::thread::Builder::new()
             .name("otlp-receiver".into())
-            .spawn(move || runtime.block_on(accept(listener, state, stopped)))?;
+            .spawn(move || {
+                let handle = move |req| handle(req, state.clone());
+                runtime.block_on(crate::serve::until_stopped(
+                    "OTLP receiver",
+                    listener,
+                    handle,
+                    stopped,
+                ))
+            })?;
         Ok(OtlpReceiver {
             addr,
             shared,
@@ -160,31 +166,6 @@ impl Drop for OtlpReceiver {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-/// Serves connections until told to stop; the runtime, dropped with the thread, ends the
-/// connections still open.
-async fn accept(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => return eprintln!("sluice-tests: OTLP receiver: {e}"),
-    };
-    loop {
-        let conn = tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok((conn, _)) => conn,
-                Err(_) => continue,
-            },
-        };
-        let shared = shared.clone();
-        let service = hyper::service::service_fn(move |req| handle(req, shared.clone()));
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(conn), service)
-                .await;
-        });
     }
 }
 

@@ -347,7 +347,15 @@ fn serve(listener: TcpListener, shared: Arc<Shared>) -> Result<Serving> {
     let (stop, stopped) = oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("kube-api".into())
-        .spawn(move || runtime.block_on(serve::accept(listener, shared, stopped)))?;
+        .spawn(move || {
+            let handle = move |req| serve::handle(req, shared.clone());
+            runtime.block_on(crate::serve::until_stopped(
+                "fake API server",
+                listener,
+                handle,
+                stopped,
+            ))
+        })?;
     Ok(Serving { stop, thread })
 }
 

@@ -1,5 +1,5 @@
-//! The HTTP side: accepting connections, checking the bearer token, routing the paths
-//! kube-rs uses to discovery, get, list and watch, and logging every request.
+//! The HTTP side: checking the bearer token, routing the paths kube-rs uses to discovery,
+//! get, list and watch, and logging every request (`crate::serve` accepts the connections).
 
 use super::resources::{self, Rid};
 use super::status::ApiError;
@@ -8,40 +8,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::Value;
 use std::convert::Infallible;
-use std::net::TcpListener;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
-/// Serves until told to stop. Returning drops the runtime's tasks with it, and so closes
-/// every connection and watch still open, as a real server going away does.
-pub async fn accept(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => return eprintln!("sluice-tests: fake API server: {e}"),
-    };
-    loop {
-        let conn = tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok((conn, _)) => conn,
-                Err(_) => continue,
-            },
-        };
-        let shared = shared.clone();
-        let service = hyper::service::service_fn(move |req| handle(req, shared.clone()));
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(conn), service)
-                .await;
-        });
-    }
-}
-
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Body>, Infallible> {
+/// One request: answered, and logged.
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
     let query: Vec<(String, String)> = (req.uri().query())
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
