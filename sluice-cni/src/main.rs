@@ -209,13 +209,10 @@ impl Command {
 fn install(args: InstallArgs) -> Result<()> {
     let source = std::env::current_exe().context("cannot find this executable")?;
     let binary = args.dirs.bin_dir.join(PLUGIN_TYPE);
-    let account = match args.service_account_kubeconfig {
-        true => Some(ServiceAccount::in_cluster(PathBuf::from(
-            kubeconfig::SERVICE_ACCOUNT_DIR,
-        ))?),
-        false => None,
-    };
-    let written = account.map(|account| (args.dirs.conf_dir.join(kubeconfig::FILE_NAME), account));
+    let written = (args.service_account_kubeconfig)
+        .then(|| ServiceAccount::in_cluster(PathBuf::from(kubeconfig::SERVICE_ACCOUNT_DIR)))
+        .transpose()?
+        .map(|account| (args.dirs.conf_dir.join(kubeconfig::FILE_NAME), account));
     let entry = Entry {
         agent_socket: Some(args.agent_socket),
         kubeconfig: match &written {
@@ -242,11 +239,7 @@ fn install(args: InstallArgs) -> Result<()> {
         .run()
         .map_err(Into::into);
     }
-    if let Some((path, account)) = &written {
-        kubeconfig::ensure(path, account)?;
-        tracing::info!("wrote {} from the service account", path.display());
-    }
-    let change = install::ensure_chained(&args.dirs.conf_dir, &entry)?;
+    let change = install::ensure_installed(&args.dirs.conf_dir, &entry, written.as_ref())?;
     tracing::info!("chained into the runtime's config: {change:?}");
     Ok(())
 }

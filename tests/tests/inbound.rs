@@ -545,9 +545,11 @@ fn delivery_survives_syn_cookies_and_a_full_accept_queue(mode: Mode) {
         .unwrap();
     });
     let mut cfg = enrolled_server(&node, mode, &b);
-    if let Some(proxy) = cfg.proxy.as_mut() {
-        proxy.connect_timeout = "15s".into();
-    }
+    let proxy = cfg
+        .proxy
+        .as_mut()
+        .expect("AgentConfig::new has a proxy section");
+    proxy.connect_timeout = "15s".into();
     let agent = start(&node, cfg);
 
     let target = addr(b.ip(), 8080);

@@ -16,7 +16,7 @@ pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceacc
 pub const FILE_NAME: &str = "sluice-kubeconfig";
 
 /// A service account's credentials and the API server they are for.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ServiceAccount {
     /// Holds `token` and `ca.crt`.
     pub dir: PathBuf,

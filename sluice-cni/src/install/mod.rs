@@ -89,6 +89,24 @@ pub enum Change {
     Converted { from: PathBuf, to: PathBuf },
 }
 
+/// A kubeconfig written from a service account: where, and from which.
+pub type Written = (PathBuf, kubeconfig::ServiceAccount);
+
+/// What install keeps in place: the kubeconfig our entry names when there is one to write
+/// (first, so the entry never names a missing file), then our entry in the chain.
+pub fn ensure_installed(
+    conf_dir: &Path,
+    entry: &Value,
+    kubeconfig: Option<&Written>,
+) -> Result<Change, InstallError> {
+    if let Some((path, account)) = kubeconfig
+        && kubeconfig::ensure(path, account)?
+    {
+        tracing::info!("wrote {} from the service account", path.display());
+    }
+    ensure_chained(conf_dir, entry)
+}
+
 /// Makes our entry the last plugin of the runtime's config in `conf_dir`, and takes it out of
 /// any other config (the primary CNI may have moved to a new file).
 pub fn ensure_chained(conf_dir: &Path, entry: &Value) -> Result<Change, InstallError> {

@@ -8,8 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::kubeconfig::{self, ServiceAccount};
-use super::{Change, InstallError, ensure_chained, files, uninstall};
+use super::{Change, InstallError, Written, ensure_installed, files, uninstall};
 use crate::error_chain;
 
 /// What the watch keeps in place.
@@ -20,7 +19,7 @@ pub struct Watch<'a> {
     pub conf_dir: &'a Path,
     pub entry: &'a Value,
     /// The kubeconfig our entry names, kept current with this account's token.
-    pub kubeconfig: Option<(PathBuf, ServiceAccount)>,
+    pub kubeconfig: Option<Written>,
     pub interval: Duration,
     /// Leave the binary in place on exit (for pods still being torn down with it).
     pub keep_binary: bool,
@@ -73,12 +72,6 @@ impl Watch<'_> {
             files::copy_binary(self.source, &self.binary)?;
             tracing::info!("copied the plugin to {} again", self.binary.display());
         }
-        // Before the entry that names it.
-        if let Some((path, account)) = &self.kubeconfig
-            && kubeconfig::ensure(path, account)?
-        {
-            tracing::info!("wrote {} from the service account", path.display());
-        }
-        ensure_chained(self.conf_dir, self.entry)
+        ensure_installed(self.conf_dir, self.entry, self.kubeconfig.as_ref())
     }
 }

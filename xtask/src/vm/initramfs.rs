@@ -191,9 +191,10 @@ poweroff -f
 ///
 /// Why: the kernel guards each BPF hook with a static key and rewrites its code (through a
 /// temporary `int3`) whenever the first program of a type attaches or the last detaches,
-/// which every test's agent does. Two TCG guests died right there: an `Oops: int3` at
-/// the getsockopt hook on 6.12 and a hang on 5.10. Held keys never flip, so that rewriting
-/// does not happen while the suites run (tests/README, "In the kernel VMs").
+/// which every test's agent does. A 6.12 TCG guest died right there (an `Oops: int3` at the
+/// getsockopt hook); a 5.10 one hung with no call trace, which may or may not be the same.
+/// Held keys never flip, so that rewriting does not happen while the suites run
+/// (tests/README, "In the kernel VMs").
 fn static_key_holder() -> String {
     format!(
         r#"hold_static_keys() {{
